@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Both install first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo_run
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all demo clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	# torchscale is the xPos/MAGNETO reference for tests; its declared deps (timm ->
+	# torchvision) are not needed for the decoder, so it goes in without them.
+	$(PIP) install -q --no-deps torchscale==0.3.0
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+test-all: install
+	$(PY) -m pytest -q --runslow $(PYTEST_ARGS) tests
+
+demo: install
+	$(PY) -m kosmos_jax.demo --model_dir=$(DEMO_DIR)
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

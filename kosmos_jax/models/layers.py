@@ -1,0 +1,349 @@
+"""Building blocks with logical axis names: Dense, LayerNorm, Embed, attention (+KV cache), MLP,
+and the scan/remat layer stack shared by the decoder and the vision tower.
+
+Every parameter is created through `nn.with_logical_partitioning`, so partitioning needs no change
+here: `partitioning.py` maps the logical names to mesh axes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kosmos_jax.models import positions as positions_lib
+
+Array = jnp.ndarray
+NEG_INF = -1e30  # finite, so a fully-masked (padding) query row gives a uniform softmax, not NaN
+
+
+def dtype_of(name: str) -> jnp.dtype:
+  return jnp.dtype(name)
+
+
+def linear_init(kind: str, fan_in: int, gain: float = 1.0, std: float = 0.02) -> Callable:
+  """Initialiser for a kernel or bias.
+
+  "torch": PyTorch's nn.Linear default U(+-1/sqrt(fan_in)) (what torchscale keeps), times `gain`.
+  "normal": N(0, std) times `gain` (CLIP/ViT style).
+  "zeros": zeros.
+  """
+  if kind == "torch":
+    bound = gain / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+  if kind == "normal":
+    return lambda key, shape, dtype=jnp.float32: gain * std * jax.random.normal(key, shape, dtype)
+  if kind == "zeros":
+    return nn.initializers.zeros
+  raise ValueError(f"unknown init kind {kind!r}")
+
+
+class Dense(nn.Module):
+  """Contracts the last `in_dims` input dims with a kernel of shape in_shape + features."""
+  features: tuple[int, ...]
+  axes: tuple[Optional[str], ...]     # logical names of the kernel: input dims then output dims
+  in_dims: int = 1
+  use_bias: bool = True
+  init: str = "torch"
+  bias_init: Optional[str] = None      # defaults to `init` ("torch" biases are uniform too)
+  gain: float = 1.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[-self.in_dims:]
+    fan_in = math.prod(in_shape)
+    kernel_shape = tuple(in_shape) + tuple(self.features)
+    if len(self.axes) != len(kernel_shape):
+      raise ValueError(f"{self.name}: {len(self.axes)} axis names for kernel shape {kernel_shape}")
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(linear_init(self.init, fan_in, self.gain), self.axes),
+        kernel_shape, self.param_dtype)
+    contract_x = tuple(range(x.ndim - self.in_dims, x.ndim))
+    contract_k = tuple(range(self.in_dims))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            ((contract_x, contract_k), ((), ())))
+    if self.use_bias:
+      bias_kind = self.bias_init or self.init
+      bias_kind = "zeros" if bias_kind == "normal" else bias_kind
+      bias = self.param(
+          "bias", nn.with_logical_partitioning(linear_init(bias_kind, fan_in, self.gain),
+                                               self.axes[self.in_dims:]),
+          tuple(self.features), self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm computed in float32 (torch semantics: biased variance), cast back to `dtype`."""
+  axis_name: Optional[str]
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = x.shape[-1]
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                       (features,), self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)),
+                      (features,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+class Embed(nn.Module):
+  """Token embedding [vocab, embed]; `attend` gives tied output logits."""
+  num_embeddings: int
+  features: int
+  pad_id: Optional[int] = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    std = self.features ** -0.5
+
+    def init(key, shape, dtype=jnp.float32):
+      table = std * jax.random.normal(key, shape, dtype)
+      if self.pad_id is not None and 0 <= self.pad_id < shape[0]:
+        table = table.at[self.pad_id].set(0.0)  # fairseq zeroes the padding row
+      return table
+
+    self.embedding = self.param("embedding", nn.with_logical_partitioning(init, ("vocab", "embed")),
+                                (self.num_embeddings, self.features), self.param_dtype)
+
+  def __call__(self, tokens: Array) -> Array:
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)  # [batch, length, embed]
+
+  def attend(self, x: Array) -> Array:
+    return jnp.einsum("bld,vd->blv", x.astype(self.dtype), self.embedding.astype(self.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionAxes:
+  """Logical names used by one attention block (text and vision use different `embed`)."""
+  embed: str = "embed"
+  heads: str = "heads"
+  kv: str = "kv"
+
+
+def make_causal_mask(segment_ids: Array) -> Array:
+  """[batch, 1, q, k] bool: same non-pad segment and k <= q. segment_ids: [batch, length], 0 = pad."""
+  length = segment_ids.shape[-1]
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  key_real = (segment_ids != 0)[:, None, :]
+  return (causal[None] & same & key_real)[:, None]
+
+
+class Attention(nn.Module):
+  """Multi-head attention with optional Sub-LN before out_proj, xPos and a KV cache.
+
+  Parameter names follow HF Kosmos-2 (`q_proj`, `k_proj`, `v_proj`, `out_proj`, `inner_attn_ln`)
+  so that weight conversion is a rename plus a reshape.
+  """
+  num_heads: int
+  head_dim: int
+  out_features: int
+  axes: AttentionAxes = AttentionAxes()
+  dropout_rate: float = 0.0
+  inner_ln: bool = False
+  layer_norm_eps: float = 1e-5
+  softmax_fp32: bool = True
+  xpos: bool = False
+  xpos_scale_base: int = 512
+  xpos_gamma: float = 0.4
+  init: str = "torch"
+  vo_gain: float = 1.0                 # Sub-LN init gain on v_proj and out_proj
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _proj(self, name: str, x: Array, gain: float = 1.0) -> Array:
+    a = self.axes
+    return Dense(features=(self.num_heads, self.head_dim), axes=(a.embed, a.heads, a.kv),
+                 init=self.init, gain=gain, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name=name)(x)
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, *, mask: Optional[Array] = None,
+               positions: Optional[Array] = None, key_valid: Optional[Array] = None,
+               deterministic: bool = True, decode: bool = False) -> Array:
+    """inputs_q [batch, q_len, embed], inputs_kv [batch, kv_len, embed].
+
+    mask: [batch, 1|heads, q_len, kv_len] bool (full mode). In decode mode the mask comes from the
+    cache (causal over cache slots, padding from `key_valid` [batch, q_len]).
+    positions: [batch, q_len] token positions for xPos (self-attention only).
+    """
+    a = self.axes
+    q = self._proj("q_proj", inputs_q)                     # [batch, q_len, heads, kv]
+    k = self._proj("k_proj", inputs_kv)                    # [batch, kv_len, heads, kv]
+    v = self._proj("v_proj", inputs_kv, gain=self.vo_gain)
+    q = nn.with_logical_constraint(q, ("batch", "length", a.heads, a.kv))
+    k = nn.with_logical_constraint(k, ("batch", "length", a.heads, a.kv))
+    v = nn.with_logical_constraint(v, ("batch", "length", a.heads, a.kv))
+
+    if decode:
+      q, k, v, mask = self._update_cache(q, k, v, positions, key_valid)
+    elif self.xpos:
+      center = positions_lib.xpos_center(k.shape[1])
+      k = self._rotate(k, positions, center, downscale=True)
+      q = self._rotate(q, positions, center, downscale=False)
+
+    q = q * (self.head_dim ** -0.5)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype))   # [batch, heads, q_len, kv_len]
+    if self.softmax_fp32:
+      scores = scores.astype(jnp.float32)
+    if mask is not None:
+      scores = jnp.where(mask, scores, NEG_INF)
+    weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    if self.dropout_rate > 0:
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))  # [batch, q_len, heads, kv]
+    out = nn.with_logical_constraint(out, ("batch", "length", a.heads, a.kv))
+    if self.inner_ln:
+      batch, length = out.shape[:2]
+      out = out.reshape(batch, length, self.num_heads * self.head_dim)
+      out = LayerNorm(a.embed, self.layer_norm_eps, self.dtype, self.param_dtype,
+                      name="inner_attn_ln")(out)
+      out = out.reshape(batch, length, self.num_heads, self.head_dim)
+    return Dense(features=(self.out_features,), axes=(a.heads, a.kv, a.embed), in_dims=2,
+                 init=self.init, gain=self.vo_gain, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="out_proj")(out)
+
+  def _rotate(self, x: Array, positions: Array, center: int, downscale: bool) -> Array:
+    if positions is None:
+      raise ValueError("xPos attention needs token positions")
+    y = positions_lib.apply_xpos(x, positions, center=center, scale_base=self.xpos_scale_base,
+                                 gamma=self.xpos_gamma, downscale=downscale)
+    return y.astype(self.dtype)
+
+  def _update_cache(self, q, k, v, positions, key_valid):
+    """Writes this call's keys/values at the cache index and returns the mask over the cache.
+
+    Keys are cached after xPos rotation with a centre fixed by the cache length, which gives the
+    same scores as torchscale's re-rotation of all keys at every step (kosmos_spec.md §1.3).
+    The first (initialising) call only creates the zero cache.
+    """
+    initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, self.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, self.dtype)
+    cached_valid = self.variable("cache", "cached_valid", jnp.zeros, k.shape[:2], bool)
+    cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    batch, q_len = q.shape[:2]
+    max_len = cached_key.value.shape[1]
+    if key_valid is None:
+      key_valid = jnp.ones((batch, q_len), bool)
+    if not initialized:
+      # Shape-only pass: behave as a full causal forward over the given tokens.
+      mask = make_causal_mask(key_valid.astype(jnp.int32))
+      if self.xpos:
+        center = positions_lib.xpos_center(q_len)
+        k = self._rotate(k, positions, center, downscale=True)
+        q = self._rotate(q, positions, center, downscale=False)
+      return q, k, v, mask
+    index = cache_index.value
+    if self.xpos:
+      center = positions_lib.xpos_center(max_len)
+      k = self._rotate(k, positions, center, downscale=True)
+      q = self._rotate(q, positions, center, downscale=False)
+    cached_key.value = jax.lax.dynamic_update_slice(
+        cached_key.value, k.astype(self.dtype), (0, index, 0, 0))
+    cached_value.value = jax.lax.dynamic_update_slice(
+        cached_value.value, v.astype(self.dtype), (0, index, 0, 0))
+    cached_valid.value = jax.lax.dynamic_update_slice(
+        cached_valid.value, key_valid.astype(bool), (0, index))
+    cache_index.value = index + q_len
+    key_slot = jnp.arange(max_len)
+    query_slot = index + jnp.arange(q_len)
+    causal = key_slot[None, :] <= query_slot[:, None]                       # [q_len, max_len]
+    mask = causal[None, None] & cached_valid.value[:, None, None, :]        # [batch, 1, q, max]
+    return q, cached_key.value, cached_value.value, mask
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+  if name == "gelu":          # exact (erf) GeLU, as torch F.gelu
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  if name == "quick_gelu":    # CLIP: x * sigmoid(1.702 x)
+    return lambda x: x * jax.nn.sigmoid(1.702 * x)
+  raise ValueError(f"unknown activation {name!r}")
+
+
+class Mlp(nn.Module):
+  """fc1 -> activation (fp32) -> dropout -> [Sub-LN "ffn_layernorm"] -> fc2."""
+  hidden: int
+  out_features: int
+  activation: str = "gelu"
+  embed_axis: str = "embed"
+  mlp_axis: str = "mlp"
+  activation_dropout: float = 0.0
+  inner_ln: bool = False
+  layer_norm_eps: float = 1e-5
+  init: str = "torch"
+  gain: float = 1.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    h = Dense((self.hidden,), (self.embed_axis, self.mlp_axis), init=self.init, gain=self.gain,
+              dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
+    h = activation_fn(self.activation)(h.astype(jnp.float32)).astype(self.dtype)
+    h = nn.with_logical_constraint(h, ("batch", "length", self.mlp_axis))
+    if self.activation_dropout > 0:
+      h = nn.Dropout(self.activation_dropout)(h, deterministic=deterministic)
+    if self.inner_ln:
+      h = LayerNorm(self.mlp_axis, self.layer_norm_eps, self.dtype, self.param_dtype,
+                    name="ffn_layernorm")(h)
+    return Dense((self.out_features,), (self.mlp_axis, self.embed_axis), init=self.init,
+                 gain=self.gain, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(h)
+
+
+def remat_policy(name: str):
+  """Named jax.checkpoint policies (MaxText/t5x style)."""
+  policies = {
+      "full": None,  # save nothing: recompute the whole layer
+      "minimal": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+      "dots": jax.checkpoint_policies.checkpoint_dots,
+  }
+  if name not in policies:
+    raise ValueError(f"unknown remat policy {name!r}; choose 'none' or one of {sorted(policies)}")
+  return policies[name]
+
+
+def apply_layer_stack(layer_cls: type[nn.Module], layer_kwargs: dict, num_layers: int,
+                      x: Array, *args, scan: bool, remat: str) -> tuple[Array, Any]:
+  """Applies `num_layers` copies of `layer_cls` to x; call inside a compact method.
+
+  The layer's __call__(x, *args) must return (x, y) (the nn.scan carry convention; y is None
+  unless the layer emits per-layer outputs, which come back stacked on a leading axis). With
+  scan=True the params live under `layers` with a leading 'layers' axis (one compiled body);
+  otherwise under `layers_0..N-1`, as in HF checkpoints. `args` are broadcast to every layer.
+  remat != "none" rematerialises each layer with that named policy.
+  Returns (x, stacked per-layer outputs or None).
+  """
+  cls = layer_cls
+  if remat != "none":
+    cls = nn.remat(cls, policy=remat_policy(remat), prevent_cse=not scan)
+  if scan:
+    stack = nn.scan(
+        cls,
+        variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,) * len(args),
+        length=num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})
+    return stack(**layer_kwargs, name="layers")(x, *args)
+  outputs = []
+  for i in range(num_layers):
+    x, y = cls(**layer_kwargs, name=f"layers_{i}")(x, *args)
+    outputs.append(y)
+  stacked = None if outputs[0] is None else jnp.stack(outputs)
+  return x, stacked

@@ -1,0 +1,33 @@
+"""Test-wide settings: 8 virtual CPU devices, fast compiles, a `slow` marker (run with --runslow)."""
+import os
+
+# Must happen before jax is imported anywhere: multi-device tests need 8 host devices.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Compile time dominates tiny-model tests on 2 cores; these keep numerics, skip heavy passes.
+jax.config.update("jax_disable_most_optimizations", True)
+_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jax")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_addoption(parser):
+  parser.addoption("--runslow", action="store_true", default=False, help="also run @slow tests")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: long-running test, skipped unless --runslow")
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption("--runslow"):
+    return
+  skip = pytest.mark.skip(reason="slow: run with --runslow (make test-all)")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
