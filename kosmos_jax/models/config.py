@@ -195,14 +195,15 @@ PRESETS: Mapping[str, Callable[[], KosmosConfig]] = {
 }
 
 
-def _replace_dotted(config: Any, key: str, value: Any) -> Any:
+def _replace_dotted(config: Any, key: str, value: Any, full_key: str = "") -> Any:
+  full_key = full_key or key
   head, _, rest = key.partition(".")
   fields = {f.name for f in dataclasses.fields(config)}
   if head not in fields:
-    raise ValueError(f"Unknown config field {key!r} in {type(config).__name__}; "
-                     f"known fields: {sorted(fields)}")
+    raise ValueError(f"Unknown config field {full_key!r} ({head!r} is not a field of "
+                     f"{type(config).__name__}; known fields: {sorted(fields)})")
   if rest:
-    value = _replace_dotted(getattr(config, head), rest, value)
+    value = _replace_dotted(getattr(config, head), rest, value, full_key)
   return dataclasses.replace(config, **{head: value})
 
 

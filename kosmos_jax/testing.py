@@ -1,0 +1,36 @@
+"""Small helpers shared by tests and benchmarks: tiny configs and random batches."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kosmos_jax.models import config as config_lib
+
+# Sinusoidal positions, no xPos: the Kosmos-2 / HF scheme at tiny size.
+SINUSOIDAL = {"text.xpos": False, "text.abs_pos": "sinusoidal_fairseq"}
+
+
+def tiny_config(**overrides: Any) -> config_lib.KosmosConfig:
+  """The `tiny` preset with dotted overrides given as keyword args (dots as '__')."""
+  return config_lib.get_config("tiny", {k.replace("__", "."): v for k, v in overrides.items()})
+
+
+def image_block_batch(config: config_lib.KosmosConfig, batch: int, length: int,
+                      image_starts: list[list[int]], seed: int = 0,
+                      vocab_low: int = 4) -> dict[str, np.ndarray]:
+  """Random tokens with one placeholder run of `num_image_tokens` at each given start per row.
+
+  Returns tokens, image_token_mask, images [batch, max images, H, W, 3] uint8, segment_ids.
+  """
+  rng = np.random.RandomState(seed)
+  v = config.vision
+  tokens = rng.randint(vocab_low, config.text.vocab_size, (batch, length)).astype(np.int32)
+  mask = np.zeros((batch, length), np.int32)
+  num_images = max(1, max(len(s) for s in image_starts))
+  for row, starts in enumerate(image_starts):
+    for start in starts:
+      mask[row, start:start + config.num_image_tokens] = 1
+  images = rng.randint(0, 256, (batch, num_images, v.image_size, v.image_size, v.num_channels))
+  return dict(tokens=tokens, image_token_mask=mask, images=images.astype(np.uint8),
+              segment_ids=np.ones((batch, length), np.int32))
