@@ -1,0 +1,84 @@
+"""Gin plumbing shared by the train / eval / infer entry points, T5X-style:
+
+  python -m kosmos_jax.train --gin_file=experiments/shapes_tiny.gin --gin.TRAIN_STEPS=100
+
+`--gin.NAME=VALUE` becomes the binding `NAME=VALUE`; gin files are looked up in the current
+directory, then in `--gin_search_paths`, then in the project's `gin/` folder.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from absl import flags
+import gin
+import logging
+
+
+class _QuietGinResourceMisses(logging.Filter):
+  """gin's package-resource reader logs an ERROR for every include it does not own, even when
+  the plain file reader then finds the file; those lines are noise."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Path not found:")
+
+
+logging.getLogger().addFilter(_QuietGinResourceMisses())
+
+PACKAGE_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin config file(s), applied in order")
+GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings")
+GIN_SEARCH_PATHS = flags.DEFINE_list("gin_search_paths", [], "folders searched for gin files")
+
+
+def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Separates `--gin.NAME=VALUE` arguments (returned as bindings) from the other flags."""
+  rest, bindings = [], []
+  for arg in argv:
+    if arg.startswith("--gin."):
+      name, sep, value = arg[len("--gin."):].partition("=")
+      if not sep:
+        raise ValueError(f"{arg!r}: write gin overrides as --gin.NAME=VALUE")
+      bindings.append(f"{name}={value}")
+    else:
+      rest.append(arg)
+  return rest, bindings
+
+
+def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = (),
+          finalize: bool = True) -> None:
+  """Parses gin files and bindings; errors name the file (or binding) that failed."""
+  for path in list(search_paths) + [PACKAGE_GIN_DIR]:
+    gin.add_config_file_search_path(path)
+  resolved = [_resolve(f, list(search_paths) + [PACKAGE_GIN_DIR]) for f in files]
+  for path in resolved:
+    try:
+      gin.parse_config_file(path, skip_unknown=False)
+    except Exception as e:  # gin raises several types; re-raise with the file named
+      raise ValueError(f"gin file {path}: {type(e).__name__}: {e}") from e
+  for binding in bindings:
+    try:
+      gin.parse_config(binding)
+    except Exception as e:
+      raise ValueError(f"gin binding {binding!r}: {type(e).__name__}: {e}") from e
+  if finalize:
+    gin.finalize()
+
+
+def _resolve(path: str, search_paths: Sequence[str]) -> str:
+  if os.path.exists(path):
+    return path
+  for folder in search_paths:
+    candidate = os.path.join(folder, path)
+    if os.path.exists(candidate):
+      return candidate
+  raise FileNotFoundError(f"gin file {path!r} not found here or in {list(search_paths)}")
+
+
+def parse_from_flags(extra_bindings: Sequence[str] = ()) -> None:
+  parse(GIN_FILES.value, list(GIN_BINDINGS.value) + list(extra_bindings), GIN_SEARCH_PATHS.value)
+
+
+def operative_config() -> str:
+  return gin.operative_config_str()

@@ -1,0 +1,48 @@
+"""Masked next-token cross-entropy and the model call on a feature-converter batch.
+
+Only discrete text tokens count (kosmos_spec.md §1.5): the feature converter's loss weights are
+0 on padding, image placeholders and instruction prompts. Sums are returned, not means, so that
+gradient accumulation over microbatches divides once by the total weight and equals the
+full-batch gradient exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Feature-converter keys the model reads.
+MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                  "decoder_segment_ids", "decoder_positions", "decoder_image_token_mask",
+                  "images", "image_mask")
+
+
+def model_logits(model: nn.Module, params: Any, batch: dict[str, jax.Array], *,
+                 deterministic: bool, dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+  """[batch, length, vocab] float32 logits for a converter batch (images optional)."""
+  rngs = {} if deterministic else {"dropout": dropout_rng}
+  return model.apply(
+      {"params": params}, batch["decoder_input_tokens"], images=batch.get("images"),
+      image_token_mask=batch.get("decoder_image_token_mask"),
+      segment_ids=batch.get("decoder_segment_ids"), positions=batch.get("decoder_positions"),
+      deterministic=deterministic, rngs=rngs)
+
+
+def token_statistics(logits: jax.Array, targets: jax.Array,
+                     weights: jax.Array) -> dict[str, jax.Array]:
+  """Weighted sums: loss_sum, weight_sum, correct_sum (scalars, float32)."""
+  weights = weights.astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]   # [batch, length]
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  return {"loss_sum": jnp.sum(nll * weights), "weight_sum": jnp.sum(weights),
+          "correct_sum": jnp.sum(correct * weights)}
+
+
+def batch_counts(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Non-pad tokens and packed examples in a batch (for throughput metrics)."""
+  segments = batch["decoder_segment_ids"]
+  return {"tokens": jnp.sum(segments > 0).astype(jnp.float32),
+          "examples": jnp.sum(jnp.max(segments, axis=-1)).astype(jnp.float32)}
