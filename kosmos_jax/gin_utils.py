@@ -30,6 +30,17 @@ PACKAGE_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
 GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin config file(s), applied in order")
 GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings")
 GIN_SEARCH_PATHS = flags.DEFINE_list("gin_search_paths", [], "folders searched for gin files")
+# Flags live here, not in the entry modules: `python -m kosmos_jax.train` runs train.py as
+# __main__ and the gin files import it again as kosmos_jax.train.
+MULTIPROCESS = flags.DEFINE_bool(
+    "multiprocess", False,
+    "call jax.distributed.initialize() first (multi-host TPU pods, SLURM GPU clusters)")
+
+
+def maybe_initialize_distributed() -> None:
+  if MULTIPROCESS.value:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize()
 
 
 def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:

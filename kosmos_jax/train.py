@@ -18,7 +18,6 @@ import sys
 from typing import Any, Optional, Sequence
 
 from absl import app
-from absl import flags
 import flax.linen as nn
 import gin
 import jax
@@ -33,10 +32,6 @@ from kosmos_jax import trainer as trainer_lib
 from kosmos_jax.data import dataset_config as dataset_lib
 from kosmos_jax.data import preprocessors
 from kosmos_jax.models import config as config_lib
-
-_DISTRIBUTED = flags.DEFINE_bool(
-    "multiprocess", False, "call jax.distributed.initialize() (TPU pods, SLURM GPU clusters)")
-
 
 def _write(model_dir: str, name: str, text: str) -> None:
   if jax.process_index() == 0:
@@ -157,8 +152,8 @@ def lower_abstract_train_step(run_trainer: trainer_lib.Trainer,
 
 
 def main(argv: Sequence[str]) -> None:
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+  del argv
+  gin_utils.maybe_initialize_distributed()
   gin_utils.parse_from_flags(_EXTRA_BINDINGS)
   # The gin files bind `kosmos_jax.train.train` (dynamic registration); call that module's
   # configured function (this file may be running as __main__, a different module object).
