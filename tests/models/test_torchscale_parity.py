@@ -35,8 +35,12 @@ _install_timm_stand_in()
 torchscale_config = pytest.importorskip("torchscale.architecture.config")
 torchscale_decoder = pytest.importorskip("torchscale.architecture.decoder")
 
+from kosmos_jax import params_io  # noqa: E402
 from kosmos_jax import testing  # noqa: E402
+from kosmos_jax.convert import hf_kosmos2  # noqa: E402
+from kosmos_jax.convert import mapping  # noqa: E402
 from kosmos_jax.models import kosmos  # noqa: E402
+from kosmos_jax.models import positions  # noqa: E402
 
 VOCAB, DIM, HEADS, FFN, LAYERS = 96, 32, 4, 64, 3
 
@@ -59,27 +63,21 @@ def build_torchscale(seed=0):
   return model.eval()
 
 
-def text_params_from_torchscale(model):
-  """torchscale state dict -> our unrolled `text` params (Linear [out,in] -> kernel [in,...])."""
-  sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-  hd = DIM // HEADS
-  ln = lambda p: {"scale": sd[p + ".weight"], "bias": sd[p + ".bias"]}
-  text = {"embed_tokens": {"embedding": sd["embed_tokens.weight"]}, "layer_norm": ln("layer_norm")}
-  for i in range(LAYERS):
-    p = f"layers.{i}."
-    attn = {name: {"kernel": sd[p + f"self_attn.{name}.weight"].T.reshape(DIM, HEADS, hd),
-                   "bias": sd[p + f"self_attn.{name}.bias"].reshape(HEADS, hd)}
-            for name in ("q_proj", "k_proj", "v_proj")}
-    attn["out_proj"] = {"kernel": sd[p + "self_attn.out_proj.weight"].T.reshape(HEADS, hd, DIM),
-                        "bias": sd[p + "self_attn.out_proj.bias"]}
-    attn["inner_attn_ln"] = ln(p + "self_attn.inner_attn_ln")
-    ffn = {"fc1": {"kernel": sd[p + "ffn.fc1.weight"].T, "bias": sd[p + "ffn.fc1.bias"]},
-           "fc2": {"kernel": sd[p + "ffn.fc2.weight"].T, "bias": sd[p + "ffn.fc2.bias"]},
-           "ffn_layernorm": ln(p + "ffn.ffn_layernorm")}
-    text[f"layers_{i}"] = {"self_attn": attn, "ffn": ffn,
-                           "self_attn_layer_norm": ln(p + "self_attn_layer_norm"),
-                           "final_layer_norm": ln(p + "final_layer_norm")}
-  return text
+def text_params_from_torchscale(model, config):
+  """torchscale's decoder uses HF Kosmos-2's text key names: map them with the converter's rules."""
+  state = {"text_model.model." + k: v.detach().numpy() for k, v in model.state_dict().items()
+           if k != "output_projection.weight"}                       # tied to embed_tokens
+  text_rules = [r for r in hf_kosmos2.rules(config) if r.path.startswith("text/")]
+  expected = {path: leaf for path, leaf in mapping.flatten(params_io.abstract_params(config)).items()
+              if path.startswith("text/")}
+  # torchscale keeps the xPos decay bases as a buffer: they must be our zeta_j.
+  zeta = np.asarray(positions.xpos_decay_base(DIM // HEADS))
+  for name, value in state.items():
+    if name.endswith("xpos.scale"):
+      np.testing.assert_allclose(value, zeta, rtol=1e-6)
+  flat = mapping.import_tensors(state, text_rules, expected, source="torchscale decoder",
+                                ignore=lambda name: name.endswith("xpos.scale"))
+  return mapping.unflatten(flat)["text"]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +87,7 @@ def models():
       scan_layers=False, text__vocab_size=VOCAB, text__embed_dim=DIM, text__num_heads=HEADS,
       text__ffn_dim=FFN, text__num_layers=LAYERS, text__xpos=True, text__abs_pos="none")
   params = jax.jit(lambda r: kosmos.init_params(config, r))(jax.random.key(0))
-  params["text"] = text_params_from_torchscale(reference)
+  params["text"] = text_params_from_torchscale(reference, config)
   return reference, kosmos.Kosmos(config), params
 
 

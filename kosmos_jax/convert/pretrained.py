@@ -1,0 +1,128 @@
+"""An HF-shaped front end to a kosmos-jax model, for migrating Kosmos-2 code.
+
+`KosmosForConditionalGeneration` takes the arguments of HF's class of the same name, as numpy:
+  input_ids                   [batch, length] int
+  pixel_values                [batch, 3, H, W] float, already normalised (the HF processor's
+                              output); uint8 is normalised with the config's image mean/std
+  image_embeds_position_mask  [batch, length], exactly `latent_query_num` ones per row
+  attention_mask              [batch, length], 0 = padding (left or right)
+and returns numpy: logits [batch, length, vocab] from `__call__`, prompt + new token ids from
+`generate` (greedy, stopping when every row has produced eos; finished rows are filled with the
+pad id), like HF with do_sample=False, num_beams=1, no_repeat_ngram_size=0.
+
+Positions follow HF exactly when `hf_positions` (the default): prompt positions count the tokens
+that are not the pad id, and during `generate` a new token's position is its slot in the padded
+row (HF derives it from the cache length, so with left padding HF's generated tokens sit
+`num_pads` positions further than in training). `hf_positions=False` uses the training positions
+(padding skipped throughout, from attention_mask). One HF quirk is not reproduced: a pad-id token
+that attention_mask marks as real gets a zero position embedding in HF and a normal one here.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kosmos_jax import decoding
+from kosmos_jax.models import config as config_lib
+from kosmos_jax.models import decoder
+from kosmos_jax.models import kosmos
+
+# HF generate arguments that are accepted when they ask for plain greedy decoding.
+_GREEDY_DEFAULTS = {"do_sample": (False, None), "num_beams": (1, None),
+                    "no_repeat_ngram_size": (0, None), "use_cache": (True, None),
+                    "num_return_sequences": (1, None)}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(module: kosmos.Kosmos, params: Any, inputs: dict) -> jax.Array:
+  """Jitted forward; one compile per (config, input shapes), shared by all instances."""
+  return module.apply({"params": params}, **inputs)
+
+
+class KosmosForConditionalGeneration:
+  """Params + config behind the call signature of HF `Kosmos2ForConditionalGeneration`."""
+
+  def __init__(self, params: Any, config: config_lib.KosmosConfig, *, eos_token_id: int = 2,
+               pad_token_id: int = 1, bos_token_id: int = 0, hf_positions: bool = True):
+    self.params = jax.device_put(params)     # once, not on every call
+    self.config = config
+    self.eos_token_id = eos_token_id
+    self.pad_token_id = pad_token_id
+    self.bos_token_id = bos_token_id
+    self.hf_positions = hf_positions
+    self.module = kosmos.Kosmos(config)
+
+  def _inputs(self, input_ids, pixel_values, image_embeds_position_mask, attention_mask
+              ) -> dict[str, Optional[jnp.ndarray]]:
+    """HF-style numpy arguments -> Kosmos call arguments (validated)."""
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2:
+      raise ValueError(f"input_ids must be [batch, length], got shape {ids.shape}")
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+    if mask.shape != ids.shape:
+      raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}")
+    segment_ids = (mask != 0).astype(np.int32)
+    if self.hf_positions:
+      # HF: position ids count non-pad *tokens*; pad-id tokens repeat the previous position.
+      real = (ids != self.pad_token_id).astype(np.int32)
+      positions = np.maximum(np.cumsum(real, axis=1) - 1, 0).astype(np.int32)
+    else:
+      positions = np.asarray(jax.device_get(
+          decoder.padded_positions(jnp.asarray(segment_ids))))
+    inputs = dict(tokens=jnp.asarray(ids, jnp.int32), segment_ids=jnp.asarray(segment_ids),
+                  positions=jnp.asarray(positions), images=None, image_token_mask=None)
+    if pixel_values is None:
+      return inputs
+    pixels = np.asarray(pixel_values)
+    v = self.config.vision
+    want = (ids.shape[0], v.num_channels, v.image_size, v.image_size)
+    if pixels.shape != want:
+      raise ValueError(f"pixel_values has shape {pixels.shape}; expected {want} "
+                       "([batch, channels, height, width], one image per row, as HF).")
+    if image_embeds_position_mask is None:
+      raise ValueError("pixel_values needs image_embeds_position_mask (1 at the image slots)")
+    slots = np.asarray(image_embeds_position_mask)
+    if slots.shape != ids.shape:
+      raise ValueError(f"image_embeds_position_mask has shape {slots.shape}, input_ids {ids.shape}")
+    counts = (slots != 0).sum(axis=1)
+    if np.any(counts != self.config.num_image_tokens):
+      raise ValueError(f"image_embeds_position_mask must have exactly latent_query_num="
+                       f"{self.config.num_image_tokens} ones per row; got {counts.tolist()}")
+    if pixels.dtype != np.uint8:
+      pixels = pixels.astype(np.float32)
+    images = np.transpose(pixels, (0, 2, 3, 1))[:, None]          # [batch, 1, H, W, C]
+    inputs.update(images=jnp.asarray(images), image_token_mask=jnp.asarray(slots != 0, jnp.int32))
+    return inputs
+
+  def __call__(self, input_ids, pixel_values=None, image_embeds_position_mask=None,
+               attention_mask=None) -> np.ndarray:
+    """Logits [batch, length, vocab] (float32 numpy)."""
+    inputs = self._inputs(input_ids, pixel_values, image_embeds_position_mask, attention_mask)
+    return np.asarray(_forward(self.module, self.params, inputs))
+
+  def generate(self, input_ids, pixel_values=None, image_embeds_position_mask=None,
+               attention_mask=None, max_new_tokens: int = 20,
+               eos_token_id: Optional[int] = None, **generate_kwargs) -> np.ndarray:
+    """Greedy decoding; returns prompt + new tokens [batch, length + n] with n <= max_new_tokens.
+
+    Only greedy decoding exists; HF arguments that would select something else raise.
+    """
+    unsupported = {k: v for k, v in generate_kwargs.items()
+                   if k not in _GREEDY_DEFAULTS or v not in _GREEDY_DEFAULTS[k]}
+    if unsupported:
+      raise NotImplementedError(f"generate supports greedy decoding only; unsupported arguments: "
+                                f"{unsupported}")
+    inputs = self._inputs(input_ids, pixel_values, image_embeds_position_mask, attention_mask)
+    eos = self.eos_token_id if eos_token_id is None else eos_token_id
+    out = decoding.greedy_decode(
+        self.module, self.params, inputs["tokens"], max_new_tokens=max_new_tokens, eos_id=eos,
+        pad_id=self.pad_token_id, images=inputs["images"],
+        image_token_mask=inputs["image_token_mask"], segment_ids=inputs["segment_ids"],
+        positions=inputs["positions"],
+        position_mode="slot" if self.hf_positions else "skip_padding")
+    length = np.asarray(input_ids).shape[1] + int(out.num_generated)
+    return np.asarray(out.sequences)[:, :length].astype(np.asarray(input_ids).dtype)
