@@ -77,14 +77,14 @@ class DecoderLayer(nn.Module):
         num_heads=c.num_heads, head_dim=c.head_dim, out_features=c.embed_dim,
         dropout_rate=c.attention_dropout, inner_ln=c.subln, layer_norm_eps=c.layer_norm_eps,
         softmax_fp32=c.attn_softmax_fp32, xpos=c.xpos, xpos_scale_base=c.xpos_scale_base,
-        xpos_gamma=c.xpos_gamma, init="torch", vo_gain=c.init_gamma, name="self_attn", **kw)(
+        xpos_gamma=c.xpos_gamma, init_kind="torch", vo_gain=c.init_gamma, name="self_attn", **kw)(
             h, h, mask=mask, positions=positions, key_valid=key_valid,
             deterministic=self.deterministic, decode=self.decode)
     x = x + nn.Dropout(c.dropout)(h, deterministic=self.deterministic)
     h = layers.LayerNorm("embed", c.layer_norm_eps, name="final_layer_norm", **kw)(x)
     h = layers.Mlp(hidden=c.ffn_dim, out_features=c.embed_dim, activation="gelu",
                    activation_dropout=c.activation_dropout, inner_ln=c.subln,
-                   layer_norm_eps=c.layer_norm_eps, init="torch", gain=c.init_gamma,
+                   layer_norm_eps=c.layer_norm_eps, init_kind="torch", gain=c.init_gamma,
                    name="ffn", **kw)(h, deterministic=self.deterministic)
     x = x + nn.Dropout(c.dropout)(h, deterministic=self.deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
@@ -141,7 +141,7 @@ class TextDecoder(nn.Module):
     if c.tie_word_embeddings:
       logits = embed.attend(x)
     else:
-      logits = layers.Dense((c.vocab_size,), ("embed", "vocab"), use_bias=False, init="normal",
+      logits = layers.Dense((c.vocab_size,), ("embed", "vocab"), use_bias=False, init_kind="normal",
                             dtype=self.dtype, param_dtype=self.param_dtype, name="lm_head")(x)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     return logits.astype(jnp.float32)

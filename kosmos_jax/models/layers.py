@@ -47,7 +47,7 @@ class Dense(nn.Module):
   axes: tuple[Optional[str], ...]     # logical names of the kernel: input dims then output dims
   in_dims: int = 1
   use_bias: bool = True
-  init: str = "torch"
+  init_kind: str = "torch"
   bias_init: Optional[str] = None      # defaults to `init` ("torch" biases are uniform too)
   gain: float = 1.0
   dtype: Any = jnp.float32
@@ -61,14 +61,14 @@ class Dense(nn.Module):
     if len(self.axes) != len(kernel_shape):
       raise ValueError(f"{self.name}: {len(self.axes)} axis names for kernel shape {kernel_shape}")
     kernel = self.param(
-        "kernel", nn.with_logical_partitioning(linear_init(self.init, fan_in, self.gain), self.axes),
+        "kernel", nn.with_logical_partitioning(linear_init(self.init_kind, fan_in, self.gain), self.axes),
         kernel_shape, self.param_dtype)
     contract_x = tuple(range(x.ndim - self.in_dims, x.ndim))
     contract_k = tuple(range(self.in_dims))
     y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
                             ((contract_x, contract_k), ((), ())))
     if self.use_bias:
-      bias_kind = self.bias_init or self.init
+      bias_kind = self.bias_init or self.init_kind
       bias_kind = "zeros" if bias_kind == "normal" else bias_kind
       bias = self.param(
           "bias", nn.with_logical_partitioning(linear_init(bias_kind, fan_in, self.gain),
@@ -161,7 +161,7 @@ class Attention(nn.Module):
   xpos: bool = False
   xpos_scale_base: int = 512
   xpos_gamma: float = 0.4
-  init: str = "torch"
+  init_kind: str = "torch"
   vo_gain: float = 1.0                 # Sub-LN init gain on v_proj and out_proj
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -169,7 +169,7 @@ class Attention(nn.Module):
   def _proj(self, name: str, x: Array, gain: float = 1.0) -> Array:
     a = self.axes
     return Dense(features=(self.num_heads, self.head_dim), axes=(a.embed, a.heads, a.kv),
-                 init=self.init, gain=gain, dtype=self.dtype, param_dtype=self.param_dtype,
+                 init_kind=self.init_kind, gain=gain, dtype=self.dtype, param_dtype=self.param_dtype,
                  name=name)(x)
 
   @nn.compact
@@ -215,7 +215,7 @@ class Attention(nn.Module):
                       name="inner_attn_ln")(out)
       out = out.reshape(batch, length, self.num_heads, self.head_dim)
     return Dense(features=(self.out_features,), axes=(a.heads, a.kv, a.embed), in_dims=2,
-                 init=self.init, gain=self.vo_gain, dtype=self.dtype,
+                 init_kind=self.init_kind, gain=self.vo_gain, dtype=self.dtype,
                  param_dtype=self.param_dtype, name="out_proj")(out)
 
   def _rotate(self, x: Array, positions: Array, center: int, downscale: bool) -> Array:
@@ -286,14 +286,14 @@ class Mlp(nn.Module):
   activation_dropout: float = 0.0
   inner_ln: bool = False
   layer_norm_eps: float = 1e-5
-  init: str = "torch"
+  init_kind: str = "torch"
   gain: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
-    h = Dense((self.hidden,), (self.embed_axis, self.mlp_axis), init=self.init, gain=self.gain,
+    h = Dense((self.hidden,), (self.embed_axis, self.mlp_axis), init_kind=self.init_kind, gain=self.gain,
               dtype=self.dtype, param_dtype=self.param_dtype, name="fc1")(x)
     h = activation_fn(self.activation)(h.astype(jnp.float32)).astype(self.dtype)
     h = nn.with_logical_constraint(h, ("batch", "length", self.mlp_axis))
@@ -302,7 +302,7 @@ class Mlp(nn.Module):
     if self.inner_ln:
       h = LayerNorm(self.mlp_axis, self.layer_norm_eps, self.dtype, self.param_dtype,
                     name="ffn_layernorm")(h)
-    return Dense((self.out_features,), (self.mlp_axis, self.embed_axis), init=self.init,
+    return Dense((self.out_features,), (self.mlp_axis, self.embed_axis), init_kind=self.init_kind,
                  gain=self.gain, dtype=self.dtype, param_dtype=self.param_dtype, name="fc2")(h)
 
 

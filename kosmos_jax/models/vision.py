@@ -41,12 +41,12 @@ class VisionLayer(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.LayerNorm("vision_embed", c.layer_norm_eps, name="layer_norm1", **kw)(x)
     h = layers.Attention(num_heads=c.num_heads, head_dim=c.head_dim, out_features=c.embed_dim,
-                         axes=VISION_AXES, dropout_rate=c.attention_dropout, init="normal",
+                         axes=VISION_AXES, dropout_rate=c.attention_dropout, init_kind="normal",
                          name="self_attn", **kw)(h, h, deterministic=self.deterministic)
     x = x + h
     h = layers.LayerNorm("vision_embed", c.layer_norm_eps, name="layer_norm2", **kw)(x)
     h = layers.Mlp(hidden=c.mlp_dim, out_features=c.embed_dim, activation=c.activation,
-                   embed_axis="vision_embed", mlp_axis="vision_mlp", init="normal", name="mlp",
+                   embed_axis="vision_embed", mlp_axis="vision_mlp", init_kind="normal", name="mlp",
                    **kw)(h)
     x = nn.with_logical_constraint(x + h, ("batch", "vision_tokens", "vision_embed"))
     return x, (x if self.emit_hidden else None)
