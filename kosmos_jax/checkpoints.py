@@ -21,12 +21,16 @@ import orbax.checkpoint as ocp
 
 
 class DataIteratorHandler(ocp.CheckpointHandler):
-  """Saves/restores a data iterator per process via its own save(path)/restore(path)."""
+  """Saves/restores a data iterator per process through its own `save(directory) -> path`
+  and `restore(path)` (the path save returns is recorded, relative to the item directory)."""
 
   def save(self, directory: epath.Path, args: "DataIteratorSave") -> None:
     directory = epath.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    args.iterator.save(os.fspath(directory / f"process_{jax.process_index()}"))
+    process_dir = directory / f"process_{jax.process_index()}"
+    process_dir.mkdir(parents=True, exist_ok=True)
+    written = args.iterator.save(os.fspath(process_dir)) or os.fspath(process_dir)
+    relative = os.path.relpath(os.fspath(written), os.fspath(directory))
+    (directory / f"process_{jax.process_index()}.path").write_text(relative)
     if jax.process_index() == 0:
       (directory / "process_count").write_text(str(jax.process_count()))
 
@@ -36,7 +40,8 @@ class DataIteratorHandler(ocp.CheckpointHandler):
     if saved_count != jax.process_count():
       raise ValueError(f"data iterator was saved by {saved_count} processes, now "
                        f"{jax.process_count()}")
-    args.iterator.restore(os.fspath(directory / f"process_{jax.process_index()}"))
+    relative = (directory / f"process_{jax.process_index()}.path").read_text().strip()
+    args.iterator.restore(os.fspath(directory / relative))
     return args.iterator
 
 
