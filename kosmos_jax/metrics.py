@@ -96,7 +96,8 @@ class MetricsLogger:
     if math.isfinite(eta):
       parts.append(f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
     line = " | ".join(parts)
-    logging.info(line)
+    if self.is_chief:
+      print(line, flush=True)   # the progress line is for people: stdout, whatever the log level
     return line
 
   def flush(self) -> None:
