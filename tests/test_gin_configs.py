@@ -17,7 +17,21 @@ REQUIRED = ["MODEL_DIR='/tmp/kosmos_gin_test'", "MIXTURE_OR_TASK_NAME='shapes_ca
             "TEXT_TASK='shapes_text'", "CAPTION_TASK='shapes_captions'",
             "INTERLEAVED_TASK='shapes_interleaved'", "INSTRUCTION_TASK='shapes_vqa'",
             "INIT_CHECKPOINT_DIR='/tmp/kosmos_gin_init'", "CHECKPOINT_DIR='/tmp/kosmos_ckpt'",
-            "EVAL_OUTPUT_DIR='/tmp/kosmos_eval'"]
+            "EVAL_OUTPUT_DIR='/tmp/kosmos_eval'",
+            # gin/evals/*.gin: local roots of the official benchmark files
+            "COCO_KARPATHY_JSON='/tmp/kosmos_evals/dataset_coco.json'",
+            "COCO_IMAGE_ROOT='/tmp/kosmos_evals/coco'",
+            "FLICKR30K_KARPATHY_JSON='/tmp/kosmos_evals/dataset_flickr30k.json'",
+            "FLICKR30K_IMAGE_ROOT='/tmp/kosmos_evals/flickr30k'", "VQAV2_ROOT='/tmp/kosmos_evals/vqav2'",
+            "VIZWIZ_ROOT='/tmp/kosmos_evals/vizwiz'",
+            "HATEFUL_MEMES_ROOT='/tmp/kosmos_evals/hateful_memes'",
+            "RENDERED_SST2_ROOT='/tmp/kosmos_evals/rendered_sst2'",
+            "IMAGENET_ROOT='/tmp/kosmos_evals/imagenet'",
+            "IMAGENET_CLASS_NAMES='/tmp/kosmos_evals/LOC_synset_mapping.txt'",
+            "HELLASWAG_ROOT='/tmp/kosmos_evals/hellaswag'", "PIQA_ROOT='/tmp/kosmos_evals/piqa'",
+            "COPA_ROOT='/tmp/kosmos_evals/copa'", "BOOLQ_ROOT='/tmp/kosmos_evals/boolq'",
+            "CB_ROOT='/tmp/kosmos_evals/cb'", "STORYCLOZE_ROOT='/tmp/kosmos_evals/storycloze'",
+            "WINOGRANDE_ROOT='/tmp/kosmos_evals/winogrande'"]
 
 
 @pytest.fixture(autouse=True)
