@@ -88,8 +88,18 @@ def run(model_dir: str, experiment: str, train_steps: Optional[int], eval_exampl
   return {"summary": summary, "generation": generation, "report": report}
 
 
+def use_all_cpu_cores() -> None:
+  """On a CPU host, one XLA device per core lets the data-parallel mesh use every core (one
+  device executes on one thread). Must run before JAX initialises its backend."""
+  flag = "--xla_force_host_platform_device_count"
+  if flag not in os.environ.get("XLA_FLAGS", "") and not os.environ.get("JAX_PLATFORMS"):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" {flag}={max(1, os.cpu_count() or 1)}").strip()
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
+  use_all_cpu_cores()
   if _FRESH.value and os.path.exists(_MODEL_DIR.value):
     shutil.rmtree(_MODEL_DIR.value)
   logging.set_verbosity(logging.WARNING)
