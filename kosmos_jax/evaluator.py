@@ -115,15 +115,17 @@ class Runner:
     return batch
 
   def generate(self, examples: Sequence[Example], config: decoding.DecodeConfig,
-               constraint: Optional[decoding.PrefixTrie] = None) -> list[str]:
-    """Generated text (up to eos) for each example."""
+               constraint: Optional[decoding.PrefixTrie] = None, seed: int = 0) -> list[str]:
+    """Generated text (up to eos) for each example (`seed` drives strategy "sample")."""
     out = []
+    rng = jax.random.key(seed) if config.strategy == "sample" else None
     for start in range(0, len(examples), self.batch_size):
       chunk = examples[start:start + self.batch_size]
       batch = self._batch(chunk)
       result = decoding.decode(self.model, self.params, batch["tokens"], config,
                                images=batch["images"], image_token_mask=batch["image_token_mask"],
-                               segment_ids=batch["segment_ids"], constraint=constraint)
+                               segment_ids=batch["segment_ids"], constraint=constraint,
+                               rng=None if rng is None else jax.random.fold_in(rng, start))
       sequences = np.asarray(jax.device_get(result.sequences))
       prompt_len = batch["tokens"].shape[1]
       for row in range(len(chunk)):

@@ -7,12 +7,15 @@ directory, then in `--gin_search_paths`, then in the project's `gin/` folder.
 """
 from __future__ import annotations
 
+import importlib
+import logging
 import os
+import sys
 from typing import Sequence
 
+from absl import app
 from absl import flags
 import gin
-import logging
 
 
 class _QuietGinResourceMisses(logging.Filter):
@@ -93,3 +96,18 @@ def parse_from_flags(extra_bindings: Sequence[str] = ()) -> None:
 
 def operative_config() -> str:
   return gin.operative_config_str()
+
+
+def run_entry_point(module: str, function: str) -> None:
+  """`python -m <module>` for a gin-configured `function`: splits `--gin.NAME=VALUE` overrides
+  from the absl flags, parses gin, and calls `module.function` as gin configured it.
+
+  The function is looked up in the imported `module` (the gin files bind that module; when the
+  entry point runs as __main__ it is a different module object)."""
+  argv, bindings = split_gin_overrides(sys.argv)
+
+  def main(unused_argv):
+    maybe_initialize_distributed()
+    parse_from_flags(bindings)
+    gin.get_configurable(getattr(importlib.import_module(module), function))()
+  app.run(main, argv=argv)

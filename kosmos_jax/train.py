@@ -10,22 +10,21 @@ checkpoint.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
-import sys
 from typing import Any, Optional, Sequence
 
-from absl import app
 import flax.linen as nn
-import gin
 import jax
 import numpy as np
+import seqio
 
 from kosmos_jax import checkpoints
+from kosmos_jax import evaluator as evaluator_lib
 from kosmos_jax import gin_utils
 from kosmos_jax import metrics as metrics_lib
+from kosmos_jax import model_loading
 from kosmos_jax import optimizers
 from kosmos_jax import partitioning
 from kosmos_jax import trainer as trainer_lib
@@ -39,11 +38,26 @@ def _write(model_dir: str, name: str, text: str) -> None:
       f.write(text)
 
 
+def training_vocabulary(dataset: dataset_lib.DatasetConfig):
+  """The vocabulary of the training mixture/task's `targets`."""
+  provider = seqio.get_mixture_or_task(dataset.mixture_or_task_name)
+  return provider.output_features["targets"].vocabulary
+
+
 def evaluation_fn(datasets: Sequence[dataset_lib.DatasetConfig], trainer: trainer_lib.Trainer,
-                  model: config_lib.KosmosConfig, eval_batches: int):
-  """params -> {task: {loss, accuracy, tokens}}, teacher-forced, each task on its own."""
+                  model: config_lib.KosmosConfig, eval_batches: int,
+                  inference_evals: Sequence[Any] = (), inference_examples: int = 100,
+                  vocabulary: Any = None):
+  """params -> {task: metrics}: teacher-forced loss/accuracy for `datasets`, each task on its
+  own, plus generation/scoring metrics for `inference_evals` ((eval task, split) pairs)."""
   def run(params) -> dict[str, dict[str, float]]:
     results = {}
+    if inference_evals:
+      runner = evaluator_lib.Runner(trainer.model, params, vocabulary)
+      for item in inference_evals:
+        name, split = (item, "validation") if isinstance(item, str) else tuple(item)
+        result = runner.run_task(name, split=split, num_examples=inference_examples)
+        results[f"{name}:{split}"] = result.metrics
     for ds in datasets:
       it = dataset_lib.make_iterator(ds, num_image_tokens=model.num_image_tokens,
                                      image_size=model.vision.image_size, shuffle=False,
@@ -61,6 +75,8 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
           optimizer: optimizers.OptimizerConfig = optimizers.OptimizerConfig(),
           trainer: trainer_lib.TrainerConfig = trainer_lib.TrainerConfig(),
           init_checkpoint_dir: Optional[str] = None,
+          inference_evals: Sequence[Any] = (),
+          inference_eval_examples: int = 100,
           abstract_only: bool = False) -> dict[str, Any]:
   """Trains (or resumes) a Kosmos model; returns a summary with per-step losses and eval metrics.
 
@@ -72,6 +88,9 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
     optimizer, trainer: see `optimizers.OptimizerConfig`, `trainer.TrainerConfig`.
     init_checkpoint_dir: weights-only checkpoint (`kosmos_jax.params_io` format, e.g. converted
       from Hugging Face) to start from when the run has no checkpoint of its own.
+    inference_evals: eval tasks (`kosmos_jax.eval_tasks`) run with decoding/scoring at every
+      eval, as names (validation split) or (name, split) pairs, on `inference_eval_examples`
+      examples each; e.g. [('shapes_eval_vqa', 'validation')].
     abstract_only: build the mesh, shardings and train step from shapes alone and lower it (no
       parameters allocated, no data read): a quick "does it partition / fit" check on any host.
   """
@@ -108,9 +127,14 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
       logging.info("initialised params from %s (%s)", init_checkpoint_dir, loaded_config)
       state = run_trainer.factory.with_params(state, params)
 
+  vocabulary = training_vocabulary(train_dataset)
+  if jax.process_index() == 0 and hasattr(vocabulary, "sentencepiece_model_file"):
+    model_loading.save_vocabulary(vocabulary, model_dir)   # so infer/eval find it
   logger = metrics_lib.MetricsLogger(model_dir, trainer.total_steps)
-  eval_fn = (evaluation_fn(eval_datasets, run_trainer, model, trainer.eval_batches)
-             if eval_datasets else None)
+  eval_fn = None
+  if eval_datasets or inference_evals:
+    eval_fn = evaluation_fn(eval_datasets, run_trainer, model, trainer.eval_batches,
+                            inference_evals, inference_eval_examples, vocabulary)
   record = {"gin": gin_text, "model_config": config_lib.to_dict(model)}
   batch_shape = (train_dataset.batch_size, train_dataset.length, train_dataset.max_images)
   state, summary = trainer_lib.run(
@@ -151,23 +175,5 @@ def lower_abstract_train_step(run_trainer: trainer_lib.Trainer,
   return {"lowered": lowered, "state": state, "batch": batch, "trainer": run_trainer}
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  gin_utils.maybe_initialize_distributed()
-  gin_utils.parse_from_flags(_EXTRA_BINDINGS)
-  # The gin files bind `kosmos_jax.train.train` (dynamic registration); call that module's
-  # configured function (this file may be running as __main__, a different module object).
-  gin.get_configurable(importlib.import_module("kosmos_jax.train").train)()
-
-
-_EXTRA_BINDINGS: list[str] = []
-
-
-def run_main() -> None:
-  argv, bindings = gin_utils.split_gin_overrides(sys.argv)
-  _EXTRA_BINDINGS.extend(bindings)
-  app.run(main, argv=argv)
-
-
 if __name__ == "__main__":
-  run_main()
+  gin_utils.run_entry_point("kosmos_jax.train", "train")

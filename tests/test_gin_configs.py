@@ -17,7 +17,7 @@ REQUIRED = ["MODEL_DIR='/tmp/kosmos_gin_test'", "MIXTURE_OR_TASK_NAME='shapes_ca
             "TEXT_TASK='shapes_text'", "CAPTION_TASK='shapes_captions'",
             "INTERLEAVED_TASK='shapes_interleaved'", "INSTRUCTION_TASK='shapes_vqa'",
             "INIT_CHECKPOINT_DIR='/tmp/kosmos_gin_init'", "CHECKPOINT_DIR='/tmp/kosmos_ckpt'",
-            "EVAL_OUTPUT_DIR='/tmp/kosmos_eval'",
+            "EVAL_OUTPUT_DIR='/tmp/kosmos_eval'", "EVAL_TASKS=[('shapes_eval_vqa', 'test')]",
             # gin/evals/*.gin: local roots of the official benchmark files
             "COCO_KARPATHY_JSON='/tmp/kosmos_evals/dataset_coco.json'",
             "COCO_IMAGE_ROOT='/tmp/kosmos_evals/coco'",

@@ -68,6 +68,9 @@ class VisionEncoder(nn.Module):
                        f"[..., {c.image_size}, {c.image_size}, {c.num_channels}] (NHWC)")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     normal = nn.initializers.normal(0.02)
+    # OpenAI CLIP draws the class and position embeddings from N(0, width^-0.5): at 0.02 the
+    # position signal starts ~10x below the patch features and positions are learned slowly.
+    embedding = nn.initializers.normal(c.embed_dim ** -0.5)
     x = normalize_images(images, c.image_mean, c.image_std).astype(self.dtype)
     x = nn.Conv(c.embed_dim, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
                 padding="VALID", use_bias=False,
@@ -75,10 +78,10 @@ class VisionEncoder(nn.Module):
                 name="patch_embedding", **kw)(x)                     # [num, h, w, vision_embed]
     num = x.shape[0]
     x = x.reshape(num, -1, c.embed_dim)                              # [num, patches, vision_embed]
-    cls = self.param("class_embedding", nn.with_logical_partitioning(normal, ("vision_embed",)),
+    cls = self.param("class_embedding", nn.with_logical_partitioning(embedding, ("vision_embed",)),
                      (c.embed_dim,), self.param_dtype)
     pos = self.param("position_embedding",
-                     nn.with_logical_partitioning(normal, ("vision_tokens", "vision_embed")),
+                     nn.with_logical_partitioning(embedding, ("vision_tokens", "vision_embed")),
                      (c.num_positions, c.embed_dim), self.param_dtype)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (num, 1, c.embed_dim)), x], 1)
     x = x + pos.astype(self.dtype)[None]                             # [num, tokens, vision_embed]
