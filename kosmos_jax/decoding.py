@@ -4,9 +4,7 @@ Entry points:
   decode(model, params, tokens, DecodeConfig(...), images=..., constraint=..., rng=...)
       greedy, sampling (temperature / top-k / top-p) or beam search; optionally constrained to a
       candidate set (`PrefixTrie`) and with no-repeat-n-gram blocking.
-  score_continuations(model, params, tokens, continuations, ...)
-      sum / mean log-likelihood of candidate continuations of each prompt (multiple choice,
-      zero-shot classification by likelihood over class names).
+  (scoring of candidate continuations lives in `kosmos_jax.scoring`)
   greedy_decode(...)  the original greedy API (used by `convert.pretrained`), now a thin wrapper.
 
 Every strategy prefills the cache with the (left-padded) prompt and its images in one call, then
@@ -195,16 +193,6 @@ class DecodeOutput:
   beam_scores: Optional[Array] = None
 
 
-@flax.struct.dataclass
-class ContinuationScores:
-  """total / mean: [batch, candidates] sum and per-token mean log-likelihood of each continuation;
-  num_tokens: [batch, candidates]; token_logprobs: [batch, candidates, length] (0 at padding)."""
-  total: Array
-  mean: Array
-  num_tokens: Array
-  token_logprobs: Array
-
-
 # ----------------------------------------------------------------------------- model calls
 
 
@@ -384,7 +372,7 @@ def decode_loop(model: nn.Module, params: Any, state: DecodeState, *, prompt_len
   return jax.lax.while_loop(cond, body, state)
 
 
-def _model_inputs(images, image_token_mask) -> dict:
+def model_inputs(images, image_token_mask) -> dict:
   return {} if images is None else dict(images=images, image_token_mask=image_token_mask)
 
 
@@ -399,7 +387,7 @@ def _greedy_or_sample(model, params, tokens, segment_ids, positions, images, ima
   batch, prompt_len = tokens.shape
   cache = init_cache(model, batch, prompt_len + config.max_new_tokens)
   logits, cache = prefill(model, params, cache, tokens, segment_ids, positions,
-                          **_model_inputs(images, image_token_mask))
+                          **model_inputs(images, image_token_mask))
   sequences = jnp.full((batch, prompt_len + config.max_new_tokens), pad_id.astype(tokens.dtype))
   zeros = jnp.zeros((batch,), jnp.int32)
   state = DecodeState(
@@ -502,7 +490,7 @@ def _beam_search(model, params, tokens, segment_ids, positions, images, image_to
   beam, total = config.beam_size, prompt_len + config.max_new_tokens
   cache = init_cache(model, batch, total)
   logits, cache = prefill(model, params, cache, tokens, segment_ids, positions,
-                          **_model_inputs(images, image_token_mask))
+                          **model_inputs(images, image_token_mask))
   axes = cache_batch_axes(model, total)
   rows = jnp.repeat(jnp.arange(batch), beam)                                  # [batch*beam]
   seqs = jnp.full((batch, beam, total), pad_id.astype(tokens.dtype))
@@ -553,7 +541,7 @@ def _generate(model, params, tokens, segment_ids, positions, images, image_token
   return _greedy_or_sample(*args, rng, trie, config)
 
 
-def _prompt_inputs(tokens, segment_ids, positions, images, image_token_mask):
+def prompt_inputs(tokens, segment_ids, positions, images, image_token_mask):
   """Validates and converts the prompt arguments shared by `decode` and `score_continuations`."""
   tokens = jnp.asarray(tokens, jnp.int32)
   if tokens.ndim != 2:
@@ -609,7 +597,7 @@ def decode(model: nn.Module, params: Any, tokens: Array, config: DecodeConfig, *
                        f">= vocab_size {vocab}")
   if config.strategy != "sample":
     rng = None                                   # unused; keeps one program per config
-  tokens, segment_ids, positions, images, mask = _prompt_inputs(tokens, segment_ids, positions,
+  tokens, segment_ids, positions, images, mask = prompt_inputs(tokens, segment_ids, positions,
                                                                 images, image_token_mask)
   # Numbers that do not change the program's shape are traced: changing them does not recompile.
   knobs = {name: jnp.asarray(getattr(config, name), jnp.float32) for name in _TRACED_FLOATS}
@@ -634,108 +622,3 @@ def greedy_decode(model: nn.Module, params: Any, tokens: Array, *,
                         pad_id=pad_id, position_mode=position_mode)
   return decode(model, params, tokens, config, images=images, image_token_mask=image_token_mask,
                 segment_ids=segment_ids, positions=positions)
-
-
-# ----------------------------------------------------------------------------- scoring
-
-
-def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int, length: Optional[int] = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """Ragged token lists -> (right-padded [n, length] int32, mask [n, length] int32)."""
-  if not sequences or not all(len(s) for s in sequences):
-    raise ValueError("pad_sequences needs one or more non-empty sequences")
-  length = length or max(len(s) for s in sequences)
-  if any(len(s) > length for s in sequences):
-    raise ValueError(f"a sequence is longer than length={length}")
-  out = np.full((len(sequences), length), pad_id, np.int32)
-  mask = np.zeros((len(sequences), length), np.int32)
-  for i, seq in enumerate(sequences):
-    out[i, :len(seq)], mask[i, :len(seq)] = seq, 1
-  return out, mask
-
-
-@functools.partial(jax.jit, static_argnames=("model", "total_len"))
-def _score_prefill(model, params, tokens, segment_ids, positions, images, image_token_mask, *,
-                   total_len):
-  """Prompt -> (log-probs of the first continuation token [batch, vocab], cache)."""
-  cache = init_cache(model, tokens.shape[0], total_len)
-  logits, cache = prefill(model, params, cache, tokens, segment_ids, positions,
-                          **_model_inputs(images, image_token_mask))
-  return jax.nn.log_softmax(logits), cache
-
-
-@functools.partial(jax.jit, static_argnames=("model", "total_len"))
-def _score_chunk(model, params, cache, first_logp, next_position, continuations, mask, *,
-                 total_len):
-  """Log-probs [batch, chunk, length] of continuations [batch, chunk, length] (0 at padding)
-  after the cached prompt, in one model call over batch*chunk rows."""
-  batch, chunk, length = continuations.shape
-  rows = jnp.repeat(jnp.arange(batch), chunk)                                 # [batch*chunk]
-  flat = continuations.reshape(batch * chunk, length)
-  flat_mask = mask.reshape(batch * chunk, length)
-  cache = gather_cache(cache, cache_batch_axes(model, total_len), rows)
-  positions = next_position[rows][:, None] + jnp.arange(length)[None, :]
-  logits, _ = model.apply({"params": params, "cache": cache}, flat, segment_ids=flat_mask,
-                          positions=positions, decode=True, mutable=["cache"])
-  # Token j is predicted by the prompt's last column (j = 0) or by continuation token j - 1.
-  logp = jnp.concatenate([first_logp[rows][:, None], jax.nn.log_softmax(logits[:, :-1])], axis=1)
-  token_logp = jnp.take_along_axis(logp, flat[:, :, None], axis=2)[:, :, 0]
-  return jnp.where(flat_mask != 0, token_logp, 0.0).reshape(batch, chunk, length)
-
-
-def score_continuations(model: nn.Module, params: Any, tokens: Array, continuations: Array, *,
-                        continuation_mask: Optional[Array] = None,
-                        images: Optional[Array] = None, image_token_mask: Optional[Array] = None,
-                        segment_ids: Optional[Array] = None, positions: Optional[Array] = None,
-                        chunk_size: Optional[int] = None) -> ContinuationScores:
-  """Log-likelihood of candidate continuations of each prompt (multiple choice by likelihood).
-
-  The prompt (and its images) runs once per row; its KV cache is then replicated per candidate
-  and all candidate tokens are scored in one cached call, so 1,000 class names cost one image
-  encoding and one prompt pass per row.
-
-  Args:
-    model, params: as in `decode`.
-    tokens: [batch, prompt_len] left-padded prompts (e.g. "<s> <image>...</image> The photo of
-      the"); the continuation is scored right after the last column.
-    continuations: [batch, candidates, length] per-row candidates (multiple choice), or
-      [candidates, length] shared by every row (class names); right-padded.
-    continuation_mask: same shape, 1 at real continuation tokens (default: all real). Build
-      both from ragged lists with `pad_sequences`.
-    images, image_token_mask, segment_ids, positions: the prompt's, as in `decode`.
-    chunk_size: candidates per model call (bounds the replicated cache's memory); default all.
-  Returns:
-    ContinuationScores; pick an answer with `argmax(total)` or `argmax(mean)` over candidates.
-  """
-  tokens, segment_ids, positions, images, mask = _prompt_inputs(tokens, segment_ids, positions,
-                                                                images, image_token_mask)
-  batch = tokens.shape[0]
-  cont = np.asarray(continuations, np.int32)
-  cont_mask = (np.ones_like(cont) if continuation_mask is None
-               else np.asarray(continuation_mask, np.int32))
-  if cont_mask.shape != cont.shape:
-    raise ValueError(f"continuation_mask has shape {cont_mask.shape}; continuations {cont.shape}")
-  if cont.ndim == 2:
-    cont, cont_mask = (np.broadcast_to(x[None], (batch,) + x.shape) for x in (cont, cont_mask))
-  if cont.ndim != 3 or cont.shape[0] != batch:
-    raise ValueError(f"continuations must be [batch={batch}, candidates, length] or "
-                     f"[candidates, length], got shape {np.shape(continuations)}")
-  num = cont.shape[1]
-  chunk = min(chunk_size or num, num)
-  if chunk < 1:
-    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-  padded = -(-num // chunk) * chunk                     # candidates rounded up to whole chunks
-  widths = ((0, 0), (0, padded - num), (0, 0))
-  cont, cont_mask = np.pad(cont, widths), np.pad(cont_mask, widths)
-  total_len = tokens.shape[1] + cont.shape[2]
-  first_logp, cache = _score_prefill(model, params, tokens, segment_ids, positions, images, mask,
-                                     total_len=total_len)
-  next_position = positions[:, -1] + 1
-  parts = [_score_chunk(model, params, cache, first_logp, next_position,
-                        cont[:, i:i + chunk], cont_mask[:, i:i + chunk], total_len=total_len)
-           for i in range(0, padded, chunk)]
-  token_logprobs = jnp.concatenate(parts, axis=1)[:, :num]            # [batch, candidates, len]
-  num_tokens = jnp.asarray(cont_mask[:, :num].sum(-1), jnp.int32)
-  total = token_logprobs.sum(-1)
-  return ContinuationScores(total=total, mean=total / jnp.maximum(num_tokens, 1),
-                            num_tokens=num_tokens, token_logprobs=token_logprobs)

@@ -16,6 +16,7 @@ import seqio
 
 from kosmos_jax import decoding
 from kosmos_jax import eval_tasks
+from kosmos_jax import scoring
 from kosmos_jax.data import prompts as prompts_lib
 from kosmos_jax.data.vocab import KosmosVocabulary
 
@@ -148,9 +149,9 @@ class Runner:
         cands.append(cands[-1])
       flat = [c for row in cands for c in row + [row[-1]] * (num - len(row))]
       length = _bucket(max(len(c) for c in flat), 4)
-      padded, mask = decoding.pad_sequences(flat, self.vocab.pad_id, length)
+      padded, mask = scoring.pad_sequences(flat, self.vocab.pad_id, length)
       shape = (self.batch_size, num, length)
-      scores = decoding.score_continuations(
+      scores = scoring.score_continuations(
           self.model, self.params, batch["tokens"], np.asarray(padded).reshape(shape),
           continuation_mask=np.asarray(mask).reshape(shape), images=batch["images"],
           image_token_mask=batch["image_token_mask"], segment_ids=batch["segment_ids"])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from kosmos_jax import decoding
+from kosmos_jax import scoring
 from kosmos_jax import testing
 from kosmos_jax.models import decoder
 from kosmos_jax.models import kosmos
@@ -119,11 +120,11 @@ def test_score_continuations_matches_full_forward_pass():
   per_row = [[[5, 6, 7], [9], [30, 31, 32, 33, 34, 35]],
              [[200], [7, 7], [44, 45, 46]]]
   flat = [c for row in per_row for c in row]
-  tokens, mask = decoding.pad_sequences(flat, PAD, length=NEW)
+  tokens, mask = scoring.pad_sequences(flat, PAD, length=NEW)
   tokens, mask = tokens.reshape(2, 3, NEW), mask.reshape(2, 3, NEW)
   kw = dict(images=batch["images"], image_token_mask=batch["image_token_mask"],
             segment_ids=batch["segment_ids"])
-  scores = decoding.score_continuations(model, params, batch["tokens"], tokens,
+  scores = scoring.score_continuations(model, params, batch["tokens"], tokens,
                                         continuation_mask=mask, chunk_size=2, **kw)
   want = np.array([full_forward_logprob([per_row[0][j], per_row[1][j]]) for j in range(3)]).T
   np.testing.assert_allclose(scores.total, want, rtol=1e-4)
@@ -131,10 +132,10 @@ def test_score_continuations_matches_full_forward_pass():
   np.testing.assert_allclose(scores.mean, want / np.array([[3, 1, 6], [1, 2, 3]]), rtol=1e-4)
   assert np.all(np.asarray(scores.token_logprobs)[mask == 0] == 0)
   # Candidates shared by every row ([candidates, length]) score as the per-row broadcast.
-  shared = decoding.score_continuations(model, params, batch["tokens"], tokens[0],
+  shared = scoring.score_continuations(model, params, batch["tokens"], tokens[0],
                                         continuation_mask=mask[0], chunk_size=2, **kw)
   np.testing.assert_allclose(shared.total[0], scores.total[0], rtol=1e-5)
   np.testing.assert_allclose(shared.total[1], [full_forward_logprob([c, c])[1]
                                                for c in per_row[0]], rtol=1e-4)
   with pytest.raises(ValueError, match="continuation_mask has shape"):
-    decoding.score_continuations(model, params, batch["tokens"], tokens, continuation_mask=mask[0])
+    scoring.score_continuations(model, params, batch["tokens"], tokens, continuation_mask=mask[0])
