@@ -1,7 +1,7 @@
 """`make demo`: trains the tiny Kosmos on the built-in shapes world on CPU, checkpoints,
 evaluates on held-out images and prints a short report.
 
-  python -m kosmos_jax.demo --model_dir=demo_run [--fresh] [--train_steps=N]
+  python -m kosmos_jax.demo --model_dir=demo_run [--fresh] [--train_steps=N] [--gin_bindings=B]
 
 Re-running with the same model_dir resumes (or, if training finished, only evaluates).
 """
@@ -25,7 +25,7 @@ _MODEL_DIR = flags.DEFINE_string("model_dir", "demo_run", "run directory")
 _FRESH = flags.DEFINE_bool("fresh", False, "delete model_dir first")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "override TRAIN_STEPS of the experiment")
 _GIN_FILE = flags.DEFINE_string("experiment", "experiments/shapes_tiny.gin", "experiment gin")
-_EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 300, "held-out examples per eval task")
+_EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 700, "held-out examples per eval task")
 
 
 def loss_curve(model_dir: str, points: int = 6) -> list[tuple[int, float]]:
@@ -104,7 +104,7 @@ def main(argv: Sequence[str]) -> None:
     shutil.rmtree(_MODEL_DIR.value)
   logging.set_verbosity(logging.WARNING)
   run(os.path.abspath(_MODEL_DIR.value), _GIN_FILE.value, _TRAIN_STEPS.value,
-      _EVAL_EXAMPLES.value)
+      _EVAL_EXAMPLES.value, gin_utils.GIN_BINDINGS.value)
 
 
 if __name__ == "__main__":
