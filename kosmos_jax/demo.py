@@ -47,15 +47,18 @@ def loss_curve(model_dir: str, points: int = 6) -> list[tuple[int, float]]:
 
 
 def format_report(curve, eval_metrics: dict[str, dict[str, float]], generation: Optional[dict],
-                  train_seconds: float) -> str:
+                  train_seconds: float,
+                  eval_start: Optional[dict[str, dict[str, float]]] = None) -> str:
   lines = ["", "=" * 72, "kosmos-jax demo: tiny Kosmos on the shapes world", "=" * 72,
            f"training wall time: {train_seconds:.0f} s", "", "train loss:"]
   lines += [f"  step {step:>6}: {loss:.4f}" for step, loss in curve]
   if eval_metrics:
     lines += ["", "held-out (validation) teacher-forced metrics:"]
     for task, metrics in eval_metrics.items():
+      start = (eval_start or {}).get(task)
+      before = f"   (step 0: loss {start['loss']:.4f})" if start else ""
       lines.append(f"  {task:<20} loss {metrics['loss']:.4f}   token accuracy "
-                   f"{metrics['accuracy']:.3f}")
+                   f"{metrics['accuracy']:.3f}{before}")
   if generation:
     lines += ["", generation["report"]]
   return "\n".join(lines)
@@ -75,13 +78,18 @@ def run(model_dir: str, experiment: str, train_steps: Optional[int], eval_exampl
   trainer = summary["trainer"]
   generation = shapes_eval.evaluate(trainer.model, summary["state"].params,
                                     num_examples=eval_examples)
+  eval_start = summary.get("eval_start")
+  if eval_start is None and os.path.exists(os.path.join(model_dir, "train_summary.json")):
+    with open(os.path.join(model_dir, "train_summary.json")) as f:   # an earlier, finished run
+      eval_start = json.load(f).get("eval_start")
   report = format_report(loss_curve(model_dir), summary.get("eval", {}), generation,
-                         train_seconds)
+                         train_seconds, eval_start)
   if jax.process_index() == 0:
     with open(os.path.join(model_dir, "report.txt"), "w") as f:
       f.write(report + "\n")
     with open(os.path.join(model_dir, "report.json"), "w") as f:
-      json.dump({"train_seconds": train_seconds, "eval": summary.get("eval", {}),
+      json.dump({"train_seconds": train_seconds, "eval_start": eval_start,
+                 "eval": summary.get("eval", {}),
                  "generation": generation["metrics"]},
                 f, indent=1)
   print(report, flush=True)

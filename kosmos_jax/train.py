@@ -142,8 +142,14 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
       config_record=record, batch_shape=batch_shape, data_stats=preprocessors.record_counts)
   checkpointer.close()
   logger.close()
+  summary_path = os.path.join(model_dir, "train_summary.json")
+  if "eval_start" not in summary and os.path.exists(summary_path):
+    with open(summary_path) as f:         # a resumed run keeps its step-0 eval
+      previous = json.load(f).get("eval_start")
+    if previous is not None:
+      summary["eval_start"] = previous
   if jax.process_index() == 0:
-    with open(os.path.join(model_dir, "train_summary.json"), "w") as f:
+    with open(summary_path, "w") as f:
       json.dump({k: v for k, v in summary.items() if k != "losses"}
                 | {"losses": {str(k): v for k, v in summary["losses"].items()}}, f, indent=1)
   summary["state"] = state

@@ -31,6 +31,7 @@ class TrainerConfig:
   total_steps: int = 1000
   log_every: int = 50
   eval_every: int = 0              # 0: evaluate only at the end
+  eval_at_start: bool = False      # also evaluate the initial params of a fresh run (step 0)
   eval_batches: int = 20           # per eval task; -1 = the whole split
   checkpoint_every: int = 500
   keep_checkpoints: int = 3
@@ -189,7 +190,8 @@ def run(trainer: Trainer, state: train_state_lib.TrainState, train_iter: Iterato
         ) -> tuple[train_state_lib.TrainState, dict[str, Any]]:
   """The loop. Returns (final state, summary) with per-step losses and the last eval metrics.
 
-  eval_fn(params) -> {task: {metric: value}} runs at eval_every and at the end.
+  eval_fn(params) -> {task: {metric: value}} runs at eval_every and at the end (and at step 0
+  of a fresh run with eval_at_start; those metrics are summary["eval_start"]).
   batch_shape = (global batch, length, images per row) enables FLOPs / MFU reporting.
   """
   cfg = trainer.config
@@ -245,7 +247,18 @@ def run(trainer: Trainer, state: train_state_lib.TrainState, train_iter: Iterato
       logger.progress(step, scalars)
     accum, accum_steps, window_start, window_time = None, 0, step, time.time()
 
+  def evaluate(step: int) -> dict[str, dict[str, float]]:
+    nonlocal window_time
+    results = eval_fn(state.params)
+    if logger is not None:
+      logger.write(step, {f"eval/{task}/{k}": v for task, m in results.items()
+                          for k, v in m.items()})
+    window_time = time.time()  # do not count eval in the next throughput window
+    return results
+
   step = start_step
+  if eval_fn is not None and cfg.eval_at_start and start_step == 0:
+    summary["eval_start"] = evaluate(0)
   try:
     while step < total:
       local = next(train_iter)
@@ -259,12 +272,7 @@ def run(trainer: Trainer, state: train_state_lib.TrainState, train_iter: Iterato
       if itstime(step, cfg.log_every, total) or preempted or itstime(step, cfg.checkpoint_every, total):
         flush_metrics(step)   # also the non-finite guard before any checkpoint
       if eval_fn is not None and (step == total or (cfg.eval_every and step % cfg.eval_every == 0)):
-        results = eval_fn(state.params)
-        summary["eval"] = results
-        if logger is not None:
-          logger.write(step, {f"eval/{task}/{k}": v for task, m in results.items()
-                              for k, v in m.items()})
-        window_time = time.time()  # do not count eval in the next throughput window
+        summary["eval"] = evaluate(step)
       if preempted:
         save(step, force=True)
         summary["preempted"] = True

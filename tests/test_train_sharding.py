@@ -136,3 +136,26 @@ def test_mesh_errors_say_how_to_fix():
     partitioning.make_mesh(partitioning.MeshConfig(data=3, fsdp=1, tensor=1))
   with pytest.raises(ValueError, match="divisible by data x fsdp"):
     partitioning.check_batch_size(12, partitioning.make_mesh(MESHES["fsdp"]))
+
+
+def test_eval_at_start_sees_the_initial_params_and_the_end_sees_the_trained_ones():
+  trainer = trainer_lib.Trainer(
+      testing.tiny_config(), OPT, trainer_lib.TrainerConfig(total_steps=2, eval_at_start=True),
+      partitioning.make_mesh(partitioning.MeshConfig(data=1), jax.devices()[:1]), "dp")
+  state = trainer.init_state()
+  initial = jax.device_get(state.params)
+  batches = iter([testing.converter_batch(trainer.model_config, 8, 48, seed=s) for s in (0, 1)])
+  seen = []
+
+  def eval_fn(params):
+    seen.append(jax.device_get(params))
+    return {"task": {"loss": float(len(seen))}}
+
+  state, summary = trainer_lib.run(trainer, state, batches, eval_fn=eval_fn)
+  assert summary["eval_start"] == {"task": {"loss": 1.0}}
+  assert summary["eval"] == {"task": {"loss": 2.0}}
+  assert_trees_close(seen[0], initial, atol=0)
+  assert_trees_close(seen[1], jax.device_get(state.params), atol=0)
+  moved = jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      lambda a, b: np.abs(a - b).max(), seen[0], seen[1]))
+  assert max(moved) > 0
