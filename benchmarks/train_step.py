@@ -39,9 +39,12 @@ MID = {"text.vocab_size": 8000, "text.embed_dim": 256, "text.num_layers": 4,
        "vision.num_layers": 4, "vision.num_heads": 4, "vision.mlp_dim": 1024,
        "connector.num_latents": 64, "vision_trainable": "all"}
 CONFIGS = {
-    "tiny (demo)": ("tiny", {"text.vocab_size": 128, "text.embed_dim": 128, "text.ffn_dim": 512,
-                             "vision.embed_dim": 128, "vision.mlp_dim": 512,
-                             "vision_trainable": "all"}, 16, 128, 8),
+    # The model of gin/experiments/shapes_tiny.gin at its batch: 16 rows x 128, 6 images each.
+    "tiny (demo)": ("tiny", {"text.vocab_size": 128, "text.embed_dim": 128, "text.ffn_dim": 256,
+                             "text.scale_embedding": False, "vision.embed_dim": 128,
+                             "vision.mlp_dim": 256, "vision.l2_normalize": False,
+                             "connector.kind": "perceiver", "vision_trainable": "all"},
+                    16, 128, 6),
     "mid (8.9 M)": ("tiny", MID, 8, 256, 1),
 }
 
