@@ -7,8 +7,8 @@
   image_embeds_position_mask  [batch, length], exactly `latent_query_num` ones per row
   attention_mask              [batch, length], 0 = padding (left or right)
 and returns numpy: logits [batch, length, vocab] from `__call__`, prompt + new token ids from
-`generate` (greedy, stopping when every row has produced eos; finished rows are filled with the
-pad id), like HF with do_sample=False, num_beams=1, no_repeat_ngram_size=0.
+`generate` (greedy by default, or HF's sampling / beam / no-repeat-n-gram arguments; stops when
+every row has produced eos; finished rows are filled with the pad id).
 
 Positions follow HF exactly when `hf_positions` (the default): prompt positions count the tokens
 that are not the pad id, and during `generate` a new token's position is its slot in the padded
@@ -31,10 +31,35 @@ from kosmos_jax.models import config as config_lib
 from kosmos_jax.models import decoder
 from kosmos_jax.models import kosmos
 
-# HF generate arguments that are accepted when they ask for plain greedy decoding.
-_GREEDY_DEFAULTS = {"do_sample": (False, None), "num_beams": (1, None),
-                    "no_repeat_ngram_size": (0, None), "use_cache": (True, None),
-                    "num_return_sequences": (1, None)}
+# HF generate arguments without an effect here (the KV cache is always on) and their accepted values.
+_IGNORED_ARGS = {"use_cache": (True, None), "num_return_sequences": (1, None),
+                 "early_stopping": (True, False, None)}
+# HF GenerationConfig defaults for the arguments that select and shape the search.
+_HF_DEFAULTS = {"do_sample": False, "num_beams": 1, "temperature": 1.0, "top_k": 50,
+                "top_p": 1.0, "length_penalty": 1.0, "no_repeat_ngram_size": 0}
+
+
+def decode_config_from_hf(max_new_tokens: int, eos_id: Optional[int], pad_id: int,
+                          position_mode: str, **generate_kwargs) -> decoding.DecodeConfig:
+  """HF `generate` keyword arguments -> a validated DecodeConfig (unknown ones raise)."""
+  unknown = sorted(set(generate_kwargs) - set(_HF_DEFAULTS) - set(_IGNORED_ARGS))
+  if unknown:
+    raise ValueError(f"generate: unsupported arguments {unknown}; supported: "
+                     f"{sorted(_HF_DEFAULTS)} (+ seed for sampling)")
+  bad = {k: v for k, v in generate_kwargs.items()
+         if k in _IGNORED_ARGS and v not in _IGNORED_ARGS[k]}
+  if bad:
+    raise ValueError(f"generate: {bad} is not supported (one sequence per prompt, KV cache on)")
+  args = {**_HF_DEFAULTS, **{k: v for k, v in generate_kwargs.items()
+                             if k in _HF_DEFAULTS and v is not None}}
+  if args["do_sample"] and args["num_beams"] > 1:
+    raise ValueError("generate: beam sampling (do_sample=True with num_beams > 1) is not supported")
+  strategy = "sample" if args["do_sample"] else "beam" if args["num_beams"] > 1 else "greedy"
+  return decoding.DecodeConfig(
+      strategy=strategy, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+      beam_size=args["num_beams"], length_penalty=args["length_penalty"],
+      temperature=args["temperature"], top_k=args["top_k"] or 0, top_p=args["top_p"],
+      no_repeat_ngram_size=args["no_repeat_ngram_size"], position_mode=position_mode).validate()
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -106,23 +131,25 @@ class KosmosForConditionalGeneration:
 
   def generate(self, input_ids, pixel_values=None, image_embeds_position_mask=None,
                attention_mask=None, max_new_tokens: int = 20,
-               eos_token_id: Optional[int] = None, **generate_kwargs) -> np.ndarray:
-    """Greedy decoding; returns prompt + new tokens [batch, length + n] with n <= max_new_tokens.
+               eos_token_id: Optional[int] = None, seed: int = 0,
+               **generate_kwargs) -> np.ndarray:
+    """HF-style `generate`: prompt + new tokens [batch, length + n], n <= max_new_tokens.
 
-    Only greedy decoding exists; HF arguments that would select something else raise.
+    Takes HF's search arguments (do_sample, num_beams, temperature, top_k, top_p,
+    length_penalty, no_repeat_ngram_size) with HF's defaults (top_k=50 when sampling); greedy
+    unless they say otherwise. Sampling draws from `jax.random.key(seed)` (same seed, same
+    tokens; the draws are not torch's). Beam search stops exactly (see `kosmos_jax.decoding`);
+    HF's default stopping heuristic can differ when beams end at different lengths.
     """
-    unsupported = {k: v for k, v in generate_kwargs.items()
-                   if k not in _GREEDY_DEFAULTS or v not in _GREEDY_DEFAULTS[k]}
-    if unsupported:
-      raise NotImplementedError(f"generate supports greedy decoding only; unsupported arguments: "
-                                f"{unsupported}")
-    inputs = self._inputs(input_ids, pixel_values, image_embeds_position_mask, attention_mask)
     eos = self.eos_token_id if eos_token_id is None else eos_token_id
-    out = decoding.greedy_decode(
-        self.module, self.params, inputs["tokens"], max_new_tokens=max_new_tokens, eos_id=eos,
-        pad_id=self.pad_token_id, images=inputs["images"],
+    config = decode_config_from_hf(
+        max_new_tokens, eos, self.pad_token_id,
+        "slot" if self.hf_positions else "skip_padding", **generate_kwargs)
+    inputs = self._inputs(input_ids, pixel_values, image_embeds_position_mask, attention_mask)
+    out = decoding.decode(
+        self.module, self.params, inputs["tokens"], config, images=inputs["images"],
         image_token_mask=inputs["image_token_mask"], segment_ids=inputs["segment_ids"],
         positions=inputs["positions"],
-        position_mode="slot" if self.hf_positions else "skip_padding")
+        rng=jax.random.key(seed) if config.strategy == "sample" else None)
     length = np.asarray(input_ids).shape[1] + int(out.num_generated)
     return np.asarray(out.sequences)[:, :length].astype(np.asarray(input_ids).dtype)
