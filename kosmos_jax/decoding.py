@@ -5,7 +5,7 @@ Entry points:
       greedy, sampling (temperature / top-k / top-p) or beam search; optionally constrained to a
       candidate set (`PrefixTrie`) and with no-repeat-n-gram blocking.
   (scoring of candidate continuations lives in `kosmos_jax.scoring`)
-  greedy_decode(...)  the original greedy API (used by `convert.pretrained`), now a thin wrapper.
+  greedy_decode(...)  the original greedy API, a thin wrapper over `decode`.
 
 Every strategy prefills the cache with the (left-padded) prompt and its images in one call, then
 emits one token per step inside a single `jax.lax.while_loop`, all under one `jax.jit`: no Python

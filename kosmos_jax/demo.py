@@ -78,10 +78,7 @@ def run(model_dir: str, experiment: str, train_steps: Optional[int], eval_exampl
   trainer = summary["trainer"]
   generation = shapes_eval.evaluate(trainer.model, summary["state"].params,
                                     num_examples=eval_examples)
-  eval_start = summary.get("eval_start")
-  if eval_start is None and os.path.exists(os.path.join(model_dir, "train_summary.json")):
-    with open(os.path.join(model_dir, "train_summary.json")) as f:   # an earlier, finished run
-      eval_start = json.load(f).get("eval_start")
+  eval_start = summary.get("eval_start")     # train() carries it over from an earlier run
   report = format_report(loss_curve(model_dir), summary.get("eval", {}), generation,
                          train_seconds, eval_start)
   if jax.process_index() == 0:

@@ -271,7 +271,7 @@ def run(trainer: Trainer, state: train_state_lib.TrainState, train_iter: Iterato
       preempted = preemption.should_stop(step)
       if itstime(step, cfg.log_every, total) or preempted or itstime(step, cfg.checkpoint_every, total):
         flush_metrics(step)   # also the non-finite guard before any checkpoint
-      if eval_fn is not None and (step == total or (cfg.eval_every and step % cfg.eval_every == 0)):
+      if eval_fn is not None and itstime(step, cfg.eval_every, total):
         summary["eval"] = evaluate(step)
       if preempted:
         save(step, force=True)

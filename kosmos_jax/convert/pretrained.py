@@ -31,8 +31,9 @@ from kosmos_jax.models import config as config_lib
 from kosmos_jax.models import decoder
 from kosmos_jax.models import kosmos
 
-# HF generate arguments without an effect here (the KV cache is always on) and their accepted values.
-_IGNORED_ARGS = {"use_cache": (True, None), "num_return_sequences": (1, None),
+# HF generate arguments whose value is fixed here (KV cache on, one sequence per prompt, exact
+# beam stopping): the values accepted.
+_FIXED_ARGS = {"use_cache": (True, None), "num_return_sequences": (1, None),
                  "early_stopping": (True, False, None)}
 # HF GenerationConfig defaults for the arguments that select and shape the search.
 _HF_DEFAULTS = {"do_sample": False, "num_beams": 1, "temperature": 1.0, "top_k": 50,
@@ -42,12 +43,12 @@ _HF_DEFAULTS = {"do_sample": False, "num_beams": 1, "temperature": 1.0, "top_k":
 def decode_config_from_hf(max_new_tokens: int, eos_id: Optional[int], pad_id: int,
                           position_mode: str, **generate_kwargs) -> decoding.DecodeConfig:
   """HF `generate` keyword arguments -> a validated DecodeConfig (unknown ones raise)."""
-  unknown = sorted(set(generate_kwargs) - set(_HF_DEFAULTS) - set(_IGNORED_ARGS))
+  unknown = sorted(set(generate_kwargs) - set(_HF_DEFAULTS) - set(_FIXED_ARGS))
   if unknown:
     raise ValueError(f"generate: unsupported arguments {unknown}; supported: "
                      f"{sorted(_HF_DEFAULTS)} (+ seed for sampling)")
   bad = {k: v for k, v in generate_kwargs.items()
-         if k in _IGNORED_ARGS and v not in _IGNORED_ARGS[k]}
+         if k in _FIXED_ARGS and v not in _FIXED_ARGS[k]}
   if bad:
     raise ValueError(f"generate: {bad} is not supported (one sequence per prompt, KV cache on)")
   args = {**_HF_DEFAULTS, **{k: v for k, v in generate_kwargs.items()
