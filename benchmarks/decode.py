@@ -3,7 +3,7 @@
 
   .venv/bin/python benchmarks/decode.py [--new_tokens=32] [--repeats=5] [--batch_sizes=1,8]
 
-Config (env_notes.md §2, 8.9 M params): text 4 x 256, 4 heads, FFN 1024, vocab 8000; CLIP-style
+Config (the mid-size benchmark config, 8.9 M params): text 4 x 256, 4 heads, FFN 1024, vocab 8000; CLIP-style
 ViT 4 x 256 at 224 px / patch 14; 64 latents. HF's random weights are converted into ours with
 `kosmos_jax.convert.hf_kosmos2`, so both sides compute the same function; the benchmark checks
 that both emit the same tokens. Prompt: `<s> <image>` + 64 image slots + `</image>` + 8 text
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kosmos_jax import decoding
+from kosmos_jax.inference import decoding
 from kosmos_jax.convert import hf_kosmos2
 from kosmos_jax.models import kosmos
 

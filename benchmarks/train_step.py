@@ -3,7 +3,7 @@ side by side with Hugging Face's PyTorch Kosmos-2 train step on the same mid-siz
 
   .venv/bin/python benchmarks/train_step.py [--steps=7] [--skip_hf]
 
-Mid-size = the config of env_notes.md §2 (8.9 M params): text 4 x 256 (vocab 8000), CLIP-style
+Mid-size (8.9 M params): text 4 x 256 (vocab 8000), CLIP-style
 ViT 4 x 256 at 224 px / patch 14, 64 latents; batch 8 x 256 tokens with 64 image positions.
 Writes benchmarks/results/train_step.json and prints a table. Timings: warm-up steps, then the
 median of `--steps`.
@@ -22,9 +22,9 @@ from absl import flags
 import jax
 import numpy as np
 
-from kosmos_jax import optimizers
-from kosmos_jax import partitioning
-from kosmos_jax import trainer as trainer_lib
+from kosmos_jax.training import optimizers
+from kosmos_jax.training import partitioning
+from kosmos_jax.training import trainer as trainer_lib
 from kosmos_jax.models import config as config_lib
 
 _STEPS = flags.DEFINE_integer("steps", 7, "timed steps (median reported)")

@@ -20,6 +20,7 @@ import gin
 import jax
 
 from kosmos_jax import gin_utils
+from kosmos_jax.checkpointing import run_dir as run_dir_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", "demo_run", "run directory")
 _FRESH = flags.DEFINE_bool("fresh", False, "delete model_dir first")
@@ -31,7 +32,7 @@ _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 700, "held-out examples p
 def loss_curve(model_dir: str, points: int = 6) -> list[tuple[int, float]]:
   """(step, train loss) at evenly spaced logged steps, from metrics.jsonl."""
   records = []
-  with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+  with open(os.path.join(model_dir, run_dir_lib.METRICS)) as f:
     for line in f:
       record = json.loads(line)
       if "train/loss" in record:
@@ -74,7 +75,7 @@ def run(model_dir: str, experiment: str, train_steps: Optional[int], eval_exampl
   start = time.time()
   summary = gin.get_configurable(train_script.train)()
   train_seconds = time.time() - start
-  from kosmos_jax import shapes_eval  # pylint: disable=g-import-not-at-top
+  from kosmos_jax.evaluation import shapes as shapes_eval  # pylint: disable=g-import-not-at-top
   trainer = summary["trainer"]
   generation = shapes_eval.evaluate(trainer.model, summary["state"].params,
                                     num_examples=eval_examples)

@@ -5,7 +5,7 @@
       --gin.EVAL_TASKS="[('shapes_eval_vqa', 'test'), ('shapes_eval_captions', 'heldout')]"
 
 Evaluates a checkpoint (training run, weights-only checkpoint or Hugging Face directory) on eval
-tasks (`kosmos_jax.eval_tasks`); with `watch=True` on a training run it evaluates every new
+tasks (`kosmos_jax.evaluation.tasks`); with `watch=True` on a training run it evaluates every new
 checkpoint as it appears until training has finished. Writes metrics to TensorBoard,
 `EVAL_OUTPUT_DIR/metrics.jsonl` (one object per step and task) and an HTML report per step.
 """
@@ -20,23 +20,24 @@ from typing import Any, Optional, Sequence
 from absl import logging
 from clu import metric_writers
 import jax
-import orbax.checkpoint as ocp
 
-from kosmos_jax import evaluator as evaluator_lib
+from kosmos_jax.evaluation import evaluator
 from kosmos_jax import gin_utils
-from kosmos_jax import model_loading
-from kosmos_jax import report_html
+from kosmos_jax.checkpointing import checkpointer
+from kosmos_jax.checkpointing import run_dir as run_dir_lib
+from kosmos_jax.inference import model_loading
+from kosmos_jax.inference import runner as runner_lib
+from kosmos_jax.evaluation import report_html
 from kosmos_jax.data.vocab import KosmosVocabulary
 
 
 def _checkpoint_steps(run_dir: str) -> list[int]:
-  directory = os.path.join(run_dir, "checkpoints")
-  if not os.path.isdir(directory):
+  if not run_dir_lib.is_training_run(run_dir):
     return []
-  manager = ocp.CheckpointManager(directory)
-  steps = list(manager.all_steps())
-  manager.close()
-  return sorted(steps)
+  checkpoints = checkpointer.Checkpointer(run_dir, read_only=True)
+  steps = sorted(checkpoints.all_steps())
+  checkpoints.close()
+  return steps
 
 
 def evaluate_once(checkpoint: str, tasks: Sequence[Any], output_dir: str, *, step: int,
@@ -45,13 +46,13 @@ def evaluate_once(checkpoint: str, tasks: Sequence[Any], output_dir: str, *, ste
   vocab = KosmosVocabulary(vocab_file) if vocab_file else None
   model, params, _, vocab, what = model_loading.load_for_inference(checkpoint, vocab)
   logging.info("evaluating %s (step %d)", what, step)
-  runner = evaluator_lib.Runner(model, params, vocab, batch_size=batch_size)
-  results = evaluator_lib.evaluate(runner, tasks, num_examples=num_examples, k_shot=k_shot)
+  runner = runner_lib.Runner(model, params, vocab, batch_size=batch_size)
+  results = evaluator.evaluate(runner, tasks, num_examples=num_examples, k_shot=k_shot)
   metrics = {key: r.metrics for key, r in results.items()}
   writer.write_scalars(step, {f"eval/{key}/{k}": v for key, m in metrics.items()
                               for k, v in m.items()})
   writer.flush()
-  with open(os.path.join(output_dir, "metrics.jsonl"), "a") as f:
+  with open(os.path.join(output_dir, run_dir_lib.METRICS), "a") as f:
     for key, m in metrics.items():
       f.write(json.dumps({"step": step, "task": key, **m}) + "\n")
   report = report_html.write(os.path.join(output_dir, f"report_{step}.html"),
@@ -66,7 +67,7 @@ def evaluate(*, checkpoint: str, tasks: Sequence[Any], output_dir: str,
              num_examples: Optional[int] = None, k_shot: int = 0, batch_size: int = 16,
              watch: bool = False, poll_seconds: int = 60, timeout_seconds: int = 24 * 3600,
              vocab_file: Optional[str] = None,
-             imports: Sequence[str] = ("kosmos_jax.shapes_eval",)) -> dict[int, dict]:
+             imports: Sequence[str] = ("kosmos_jax.evaluation.shapes",)) -> dict[int, dict]:
   """Evaluates `checkpoint` on `tasks` ((task, split) pairs or names for the test split).
 
   watch: on a training run directory, evaluate each checkpoint step once as it appears; stop
@@ -93,7 +94,7 @@ def evaluate(*, checkpoint: str, tasks: Sequence[Any], output_dir: str,
     for step in pending:
       done[step] = evaluate_once(checkpoint, tasks, output_dir, step=step, **kwargs)
       last_new = time.time()
-    finished = os.path.exists(os.path.join(checkpoint, "train_summary.json"))
+    finished = os.path.exists(os.path.join(checkpoint, run_dir_lib.TRAIN_SUMMARY))
     if (finished and not pending) or time.time() - last_new > timeout_seconds:
       return done
     time.sleep(poll_seconds)

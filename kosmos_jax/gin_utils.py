@@ -17,6 +17,8 @@ from absl import app
 from absl import flags
 import gin
 
+from kosmos_jax import paths
+
 
 class _QuietGinResourceMisses(logging.Filter):
   """gin's package-resource reader logs an ERROR for every include it does not own, even when
@@ -28,7 +30,7 @@ class _QuietGinResourceMisses(logging.Filter):
 
 logging.getLogger().addFilter(_QuietGinResourceMisses())
 
-PACKAGE_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+PACKAGE_GIN_DIR = paths.GIN_DIR
 
 GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin config file(s), applied in order")
 GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings")

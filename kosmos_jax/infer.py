@@ -11,21 +11,19 @@ line adds "output". Decoding: --strategy greedy | beam | sample, --beam_size, --
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Optional, Sequence
 
 from absl import app
 from absl import flags
 import numpy as np
-from PIL import Image
 
-from kosmos_jax import decoding
-from kosmos_jax import eval_tasks
-from kosmos_jax import evaluator
-from kosmos_jax import gin_utils  # noqa: F401  (shared --multiprocess flag)
-from kosmos_jax import model_loading
+from kosmos_jax.data import images as images_lib
+from kosmos_jax.data import prompts as prompts_lib
 from kosmos_jax.data.vocab import KosmosVocabulary
+from kosmos_jax.inference import decoding
+from kosmos_jax.inference import model_loading
+from kosmos_jax.inference import runner as runner_lib
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "training run dir, weights checkpoint or "
                                   "Hugging Face Kosmos-2 dir")
@@ -43,32 +41,16 @@ _NO_REPEAT = flags.DEFINE_integer("no_repeat_ngram_size", 0, "block repeated n-g
 _BATCH = flags.DEFINE_integer("batch_size", 8, "prompts per decoding batch")
 
 
-def read_image(path: str, size: int) -> np.ndarray:
-  """RGB, bicubic resize of the short side + centre crop to size x size (the training recipe)."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"image {path!r} not found")
-  image = Image.open(path).convert("RGB")
-  w, h = image.size
-  scale = size / min(w, h)
-  image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                       Image.Resampling.BICUBIC)
-  w, h = image.size
-  left, top = (w - size) // 2, (h - size) // 2
-  return np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
-
-
-def make_example(index: int, prompt: str, image_paths: Sequence[str], size: int,
-                 request_id: Optional[str] = None) -> evaluator.Example:
-  images = [read_image(p, size) for p in image_paths]
-  markers = prompt.count(eval_tasks.IMAGE_MARKER)
-  if markers == 0 and images:
-    prompt = eval_tasks.IMAGE_MARKER * len(images) + " " + prompt
-  elif markers != len(images):
-    raise ValueError(f"request {request_id or index}: the prompt has {markers} "
-                     f"{eval_tasks.IMAGE_MARKER} markers but {len(images)} images were given")
+def make_request(index: int, prompt: str, image_paths: Sequence[str], size: int,
+                 request_id: Optional[str] = None) -> runner_lib.Example:
+  """One request: images read with the training recipe, one `<image>` marker per image."""
+  images = [images_lib.read_image_file(p, size) for p in image_paths]
+  try:
+    prompt = prompts_lib.with_image_markers(prompt, len(images))
+  except ValueError as e:
+    raise ValueError(f"request {request_id or index}: {e}") from None
   stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-  return evaluator.Example(id=request_id or str(index), prompt=prompt, images=stacked,
-                           references=[], candidates=[], label=-1)
+  return runner_lib.Example(id=request_id or str(index), prompt=prompt, images=stacked)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -84,9 +66,9 @@ def main(argv: Sequence[str]) -> None:
       requests = [json.loads(line) for line in f if line.strip()]
   else:
     requests = [{"prompt": _PROMPT.value, "images": list(_IMAGES.value)}]
-  examples = [make_example(i, r.get("prompt", ""), r.get("images", []), size, r.get("id"))
+  examples = [make_request(i, r.get("prompt", ""), r.get("images", []), size, r.get("id"))
               for i, r in enumerate(requests)]
-  runner = evaluator.Runner(model, params, vocab, batch_size=min(_BATCH.value, len(examples)))
+  runner = runner_lib.Runner(model, params, vocab, batch_size=min(_BATCH.value, len(examples)))
   config_decode = decoding.DecodeConfig(
       strategy=_STRATEGY.value, beam_size=_BEAM.value if _STRATEGY.value == "beam" else 1,
       max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,

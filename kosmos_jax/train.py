@@ -17,18 +17,21 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import numpy as np
 import seqio
 
-from kosmos_jax import checkpoints
-from kosmos_jax import evaluator as evaluator_lib
+from kosmos_jax.checkpointing import checkpointer as checkpointer_lib
+from kosmos_jax.checkpointing import params_io
+from kosmos_jax.checkpointing import run_dir
+from kosmos_jax.evaluation import evaluator
+from kosmos_jax.evaluation import tasks as eval_tasks
+from kosmos_jax.inference import runner as runner_lib
 from kosmos_jax import gin_utils
-from kosmos_jax import metrics as metrics_lib
-from kosmos_jax import model_loading
-from kosmos_jax import optimizers
-from kosmos_jax import partitioning
-from kosmos_jax import trainer as trainer_lib
+from kosmos_jax.training import metric_writers as metrics_lib
+from kosmos_jax.training import optimizers
+from kosmos_jax.training import partitioning
+from kosmos_jax.training import trainer as trainer_lib
 from kosmos_jax.data import dataset_config as dataset_lib
+from kosmos_jax.data import feature_converters
 from kosmos_jax.data import preprocessors
 from kosmos_jax.models import config as config_lib
 
@@ -53,10 +56,10 @@ def evaluation_fn(datasets: Sequence[dataset_lib.DatasetConfig], trainer: traine
   def run(params) -> dict[str, dict[str, float]]:
     results = {}
     if inference_evals:
-      runner = evaluator_lib.Runner(trainer.model, params, vocabulary)
+      runner = runner_lib.Runner(trainer.model, params, vocabulary)
       for item in inference_evals:
-        name, split = (item, "validation") if isinstance(item, str) else tuple(item)
-        result = runner.run_task(name, split=split, num_examples=inference_examples)
+        name, split = eval_tasks.task_and_split(item)
+        result = evaluator.run_task(runner, name, split=split, num_examples=inference_examples)
         results[f"{name}:{split}"] = result.metrics
     for ds in datasets:
       it = dataset_lib.make_iterator(ds, num_image_tokens=model.num_image_tokens,
@@ -86,9 +89,9 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
     train_dataset / eval_datasets: SeqIO mixture or task to train on / evaluate teacher-forced.
     mesh: device mesh sizes and the logical-axis rule preset.
     optimizer, trainer: see `optimizers.OptimizerConfig`, `trainer.TrainerConfig`.
-    init_checkpoint_dir: weights-only checkpoint (`kosmos_jax.params_io` format, e.g. converted
+    init_checkpoint_dir: weights-only checkpoint (`kosmos_jax.checkpointing.params_io` format, e.g. converted
       from Hugging Face) to start from when the run has no checkpoint of its own.
-    inference_evals: eval tasks (`kosmos_jax.eval_tasks`) run with decoding/scoring at every
+    inference_evals: eval tasks (`kosmos_jax.evaluation.tasks`) run with decoding/scoring at every
       eval, as names (validation split) or (name, split) pairs, on `inference_eval_examples`
       examples each; e.g. [('shapes_eval_vqa', 'validation')].
     abstract_only: build the mesh, shardings and train step from shapes alone and lower it (no
@@ -99,18 +102,18 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
   partitioning.check_batch_size(train_dataset.batch_size, device_mesh, trainer.num_microbatches)
   run_trainer = trainer_lib.Trainer(model, optimizer, trainer, device_mesh, mesh.rules)
   gin_text = gin_utils.operative_config()
-  _write(model_dir, "config.gin", gin_text)
-  _write(model_dir, "model_config.json", json.dumps(config_lib.to_dict(model), indent=2))
+  _write(model_dir, run_dir.CONFIG_GIN, gin_text)
+  _write(model_dir, run_dir.MODEL_CONFIG, json.dumps(config_lib.to_dict(model), indent=2))
   layout = partitioning.describe(run_trainer.factory.shardings, run_trainer.factory.abstract,
                                  device_mesh, mesh.rules)
-  _write(model_dir, "partitioning.txt", layout)
+  _write(model_dir, run_dir.PARTITIONING, layout)
   logging.info("%s", layout.split("per-array")[0])
   if abstract_only:
     return lower_abstract_train_step(run_trainer, train_dataset, model)
 
   train_iter = dataset_lib.make_iterator(train_dataset, num_image_tokens=model.num_image_tokens,
                                          image_size=model.vision.image_size)
-  checkpointer = checkpoints.Checkpointer(model_dir, keep=trainer.keep_checkpoints,
+  checkpointer = checkpointer_lib.Checkpointer(model_dir, keep=trainer.keep_checkpoints,
                                           keep_period=trainer.keep_period,
                                           async_save=trainer.async_checkpoints)
   latest = checkpointer.latest_step()
@@ -121,7 +124,6 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
   else:
     state = run_trainer.init_state()
     if init_checkpoint_dir:
-      from kosmos_jax import params_io  # pylint: disable=g-import-not-at-top
       params, loaded_config = params_io.load_params(
           init_checkpoint_dir, target=run_trainer.factory.abstract_with_shardings().params)
       logging.info("initialised params from %s (%s)", init_checkpoint_dir, loaded_config)
@@ -129,7 +131,7 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
 
   vocabulary = training_vocabulary(train_dataset)
   if jax.process_index() == 0 and hasattr(vocabulary, "sentencepiece_model_file"):
-    model_loading.save_vocabulary(vocabulary, model_dir)   # so infer/eval find it
+    run_dir.save_vocabulary(vocabulary, model_dir)   # so infer/eval find it
   logger = metrics_lib.MetricsLogger(model_dir, trainer.total_steps)
   eval_fn = None
   if eval_datasets or inference_evals:
@@ -142,7 +144,7 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
       config_record=record, batch_shape=batch_shape, data_stats=preprocessors.record_counts)
   checkpointer.close()
   logger.close()
-  summary_path = os.path.join(model_dir, "train_summary.json")
+  summary_path = os.path.join(model_dir, run_dir.TRAIN_SUMMARY)
   if "eval_start" not in summary and os.path.exists(summary_path):
     with open(summary_path) as f:         # a resumed run keeps its step-0 eval
       previous = json.load(f).get("eval_start")
@@ -160,20 +162,16 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
 def lower_abstract_train_step(run_trainer: trainer_lib.Trainer,
                               dataset: dataset_lib.DatasetConfig,
                               model: config_lib.KosmosConfig) -> dict[str, Any]:
-  """Lowers the train step on ShapeDtypeStructs (state and batch); returns the Lowered object."""
+  """Lowers the train step on ShapeDtypeStructs (state and batch); returns a dict with the
+  Lowered step ("lowered"), the abstract "state" and "batch", and the "trainer"."""
   mesh = run_trainer.mesh
   data = partitioning.data_sharding(mesh)
-  batch_size, length, images = dataset.batch_size, dataset.length, dataset.max_images
   v = model.vision
 
-  def spec(shape, dtype):
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=data)
-  batch = {name: spec((batch_size, length), np.int32) for name in (
-      "decoder_input_tokens", "decoder_target_tokens", "decoder_segment_ids",
-      "decoder_positions", "decoder_image_token_mask")}
-  batch["decoder_loss_weights"] = spec((batch_size, length), np.float32)
-  batch["images"] = spec((batch_size, images, v.image_size, v.image_size, v.num_channels), np.uint8)
-  batch["image_mask"] = spec((batch_size, images), np.int32)
+  batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=data)
+           for name, (shape, dtype) in feature_converters.batch_shapes(
+               dataset.batch_size, dataset.length, dataset.max_images, v.image_size,
+               v.num_channels).items()}
   state = run_trainer.factory.abstract_with_shardings()
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
   with jax.set_mesh(mesh), nn.logical_axis_rules(run_trainer.rules):

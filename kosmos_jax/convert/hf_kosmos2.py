@@ -3,14 +3,14 @@
 Import: a `Kosmos2ForConditionalGeneration` directory (config.json + model.safetensors or a
 sharded index) becomes our `kosmos2_hf` preset with the sizes of its config.json, and our params.
 Export: our params + config become a directory that `Kosmos2ForConditionalGeneration
-.from_pretrained` loads and that gives the same logits. Names and layouts: kosmos_spec.md §5.2,
+.from_pretrained` loads and that gives the same logits. Names and layouts: docs/model.md §11,
 `mapping.py` for the tensor transforms.
 
 Command line (absl flags):
   python -m kosmos_jax.convert.hf_kosmos2 --hf_dir=HF --output_dir=CKPT [--scan_layers=false]
       [--allow_pickle] [--param_dtype=bfloat16]
   python -m kosmos_jax.convert.hf_kosmos2 --direction=export --checkpoint_dir=CKPT --output_dir=HF
-The import writes the weights-only checkpoint of `kosmos_jax.params_io` (and copies tokenizer and
+The import writes the weights-only checkpoint of `kosmos_jax.checkpointing.params_io` (and copies tokenizer and
 processor files to CKPT/hf_assets); the export writes config.json, generation_config.json and
 safetensors (sharded above --max_shard_bytes), plus the copied assets if the checkpoint has them.
 
@@ -33,7 +33,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from kosmos_jax import params_io
+from kosmos_jax.checkpointing import params_io
 from kosmos_jax.convert import hf_clip
 from kosmos_jax.convert import mapping
 from kosmos_jax.convert import pretrained

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kosmos_jax import decoding
+from kosmos_jax.inference import decoding
 from kosmos_jax.models import config as config_lib
 from kosmos_jax.models import decoder
 from kosmos_jax.models import kosmos
@@ -139,7 +139,7 @@ class KosmosForConditionalGeneration:
     Takes HF's search arguments (do_sample, num_beams, temperature, top_k, top_p,
     length_penalty, no_repeat_ngram_size) with HF's defaults (top_k=50 when sampling); greedy
     unless they say otherwise. Sampling draws from `jax.random.key(seed)` (same seed, same
-    tokens; the draws are not torch's). Beam search stops exactly (see `kosmos_jax.decoding`);
+    tokens; the draws are not torch's). Beam search stops exactly (see `kosmos_jax.inference.decoding`);
     HF's default stopping heuristic can differ when beams end at different lengths.
     """
     eos = self.eos_token_id if eos_token_id is None else eos_token_id

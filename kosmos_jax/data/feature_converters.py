@@ -25,17 +25,30 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from kosmos_jax.data import images as images_lib
 from kosmos_jax.data import preprocessors
 from kosmos_jax.data.vocab import KosmosVocabulary
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 TOKEN_FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
                   "decoder_segment_ids", "decoder_positions", "decoder_image_token_mask")
+# Every feature of a converter batch (what the model reads) and its dtype.
+MODEL_FEATURE_DTYPES = {**{name: np.int32 for name in TOKEN_FEATURES},
+                        "images": np.uint8, "image_mask": np.int32}
 _plain = preprocessors.no_autograph
 # Why the converter drops an example (counted by preprocessors.record_counts()).
 DROP_REASONS = ("image_slot_mismatch", "no_loss_tokens")
 # Per-example (unpadded) keys used between expansion and packing.
 _EXAMPLE_KEYS = ("targets", "inputs", "loss", "image_tokens")
+
+
+def batch_shapes(batch_size: int, length: int, max_images: int, image_size: int,
+                 num_channels: int = 3) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """(shape, dtype) of every feature of a batch of converter rows: the model's input schema."""
+  shapes = {name: (batch_size, length) for name in TOKEN_FEATURES}
+  shapes["images"] = (batch_size, max_images, image_size, image_size, num_channels)
+  shapes["image_mask"] = (batch_size, max_images)
+  return {name: (shapes[name], np.dtype(dtype)) for name, dtype in MODEL_FEATURE_DTYPES.items()}
 
 
 def task_feature_lengths(length: int, max_images: int) -> dict[str, int]:
@@ -58,11 +71,8 @@ class KosmosFeatureConverter(seqio.FeatureConverter):
       "targets": FeatureSpec(dtype=tf.int32),
       "images": FeatureSpec(dtype=tf.uint8, rank=4),
   }
-  MODEL_FEATURES = {
-      **{name: FeatureSpec(dtype=tf.int32) for name in TOKEN_FEATURES},
-      "images": FeatureSpec(dtype=tf.uint8, rank=4),
-      "image_mask": FeatureSpec(dtype=tf.int32),
-  }
+  MODEL_FEATURES = {name: FeatureSpec(dtype=tf.as_dtype(dtype), rank=4 if name == "images" else 1)
+                    for name, dtype in MODEL_FEATURE_DTYPES.items()}
   # Segment ids and positions are always model features, so packing adds none.
   PACKING_FEATURE_DTYPES = {}
 
@@ -191,7 +201,7 @@ class KosmosFeatureConverter(seqio.FeatureConverter):
     code = tf.where(self._is_consistent(ex, length, max_images),
                     tf.where(tf.reduce_sum(weights) > 0, 0, 2), 1)
     return {"targets": tokens, "inputs": inputs, "loss": weights, "image_tokens": image_tokens,
-            "images": preprocessors.resize_images(images[:num_images], self.image_size),
+            "images": images_lib.resize_images(images[:num_images], self.image_size),
             "drop_code": code, "truncated_to_row_length": truncated}
 
 

@@ -6,7 +6,7 @@ Every sequence builder emits the same task features, so any mix of tasks can be 
   images        uint8 [num_images, H, W, 3]   in the order of their image slots (0 for text)
 An image slot is the pair `<image> </image>`; the feature converter expands it to `<image>`,
 `num_image_tokens` placeholders and `</image>` for the model, so tasks do not depend on the
-model's resampler size (kosmos_spec.md §1.5).
+model's resampler size (docs/data.md §2).
 
 Records that cannot be used are dropped and counted by reason (`record_counts()`); the counters
 are tf.Variables that a trainer can log and checkpoint (`counter_variables()`, which
@@ -20,10 +20,10 @@ from typing import Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
+from kosmos_jax.data.images import DEFAULT_IMAGE_SIZE, decode_image, resize_and_center_crop
 from kosmos_jax.data.vocab import KosmosVocabulary
 
 TASK_FEATURE_KEYS = ("targets", "loss_weights", "images")
-DEFAULT_IMAGE_SIZE = 224
 
 # --- counters of dropped records ---------------------------------------------------------------
 
@@ -128,52 +128,7 @@ def map_skipping_errors(ds: tf.data.Dataset, fn, reason: str) -> tf.data.Dataset
   return ds.with_options(stateful_pipeline_options())
 
 
-# --- images ------------------------------------------------------------------------------------
-
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-  """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 [H, W, 3] (first frame, grey/alpha to RGB)."""
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-  image.set_shape([None, None, 3])
-  return image
-
-
-def resize_and_center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-  """uint8 [H, W, 3] -> uint8 [size, size, 3]: bicubic resize of the short side, centre crop.
-
-  This is the CLIP / Kosmos training transform (kosmos_spec.md §1.4); CLIP mean/std
-  normalisation happens on device in the model.
-  """
-  shape = tf.shape(image)
-  height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-  scale = tf.cast(size, tf.float32) / tf.minimum(height, width)
-  new_height = tf.maximum(size, tf.cast(tf.round(height * scale), tf.int32))
-  new_width = tf.maximum(size, tf.cast(tf.round(width * scale), tf.int32))
-
-  def resize():
-    resized = tf.image.resize(tf.cast(image, tf.float32), [new_height, new_width],
-                              method="bicubic", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-  same = tf.logical_and(tf.equal(shape[0], new_height), tf.equal(shape[1], new_width))
-  resized = tf.cond(same, lambda: tf.cast(image, tf.uint8), resize)
-  top = (new_height - size) // 2
-  left = (new_width - size) // 2
-  cropped = resized[top:top + size, left:left + size]
-  cropped.set_shape([size, size, 3])
-  return cropped
-
-
-def resize_images(images: tf.Tensor, size: int) -> tf.Tensor:
-  """uint8 [num, H, W, 3] -> uint8 [num, size, size, 3] (no-op when already that size)."""
-  shape = tf.shape(images)
-  already = tf.logical_and(tf.equal(shape[1], size), tf.equal(shape[2], size))
-
-  def resize_all():
-    return tf.map_fn(lambda im: resize_and_center_crop(im, size), images,
-                     fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
-  out = tf.cond(already, lambda: tf.reshape(images, [-1, size, size, 3]), resize_all)
-  out.set_shape([None, size, size, 3])
-  return out
-
+# --- images ---------------------------------------------------------------------------------------
 
 def decode_images(ds: tf.data.Dataset, image_key: str = "image",
                   image_size: int = DEFAULT_IMAGE_SIZE) -> tf.data.Dataset:

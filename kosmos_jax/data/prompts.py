@@ -1,7 +1,11 @@
 """Inference prompts in exactly the training layout: `<s>`, then for each image
 `<image>` + placeholders + `</image>`, and the text pieces in order.
 
-  tokens, image_token_mask, images = encode_prompt(vocab, [image, "an image of"], 64)
+A prompt is written as text with one literal `<image>` marker (IMAGE_MARKER) where each image
+goes; `split_prompt` turns it and its images into the segments `encode_prompt` takes.
+
+  tokens, image_token_mask, images = encode_prompt(vocab, split_prompt("<image> an image of",
+                                                                       images), 64)
 """
 from __future__ import annotations
 
@@ -12,6 +16,34 @@ import numpy as np
 from kosmos_jax.data.vocab import KosmosVocabulary
 
 Segment = Union[str, np.ndarray]   # text, or one image [H, W, 3] uint8
+
+IMAGE_MARKER = "<image>"
+
+
+def with_image_markers(prompt: str, num_images: int) -> str:
+  """A prompt without markers gets one per image in front; otherwise the markers must match."""
+  markers = prompt.count(IMAGE_MARKER)
+  if markers == 0 and num_images:
+    return IMAGE_MARKER * num_images + " " + prompt
+  if markers != num_images:
+    raise ValueError(f"the prompt has {markers} {IMAGE_MARKER} markers but {num_images} images "
+                     f"were given: {prompt[:80]!r}")
+  return prompt
+
+
+def split_prompt(prompt: str, images: Sequence[np.ndarray]) -> list[Segment]:
+  """"<image> Question: ..." + images -> [image, "Question: ..."] segments for encode_prompt."""
+  pieces = prompt.split(IMAGE_MARKER)
+  if len(pieces) - 1 != len(images):
+    raise ValueError(f"prompt has {len(pieces) - 1} {IMAGE_MARKER} markers but "
+                     f"{len(images)} images: {prompt[:80]!r}")
+  segments: list[Segment] = []
+  for k, piece in enumerate(pieces):
+    if k:
+      segments.append(images[k - 1])
+    if piece.strip():
+      segments.append(piece.strip())
+  return segments
 
 
 def encode_prompt(vocab: KosmosVocabulary, segments: Sequence[Segment], num_image_tokens: int

@@ -20,7 +20,7 @@ from kosmos_jax.data import preprocessors as pp
 from kosmos_jax.data import synthetic
 from kosmos_jax.data.vocab import KosmosVocabulary
 
-# Tokens per training step in Kosmos-1 (kosmos_spec.md §2).
+# Tokens per training step in Kosmos-1 (docs/data.md §7).
 PAPER_TOKENS_PER_STEP = {"text": 0.5e6, "image_caption": 0.5e6, "interleaved": 0.2e6}
 SHAPES_TASKS = {kind: f"shapes_{kind}" for kind in synthetic.KINDS}
 # Placeholders per image the built-in shapes mixtures are balanced for (the `tiny` preset).

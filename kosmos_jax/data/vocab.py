@@ -1,6 +1,6 @@
 """The Kosmos vocabulary: SentencePiece pieces in the fairseq / Hugging Face id layout.
 
-Layout (kosmos_spec.md §1.6), for a SentencePiece model with n pieces (<unk>, <s>, </s>, ...):
+Layout (docs/data.md §11), for a SentencePiece model with n pieces (<unk>, <s>, </s>, ...):
   0 <s>, 1 <pad>, 2 </s>, 3 <unk>          fairseq specials
   4 .. n                                    spm pieces 3 .. n-1 (id = spm id + 1)
   n+1 <mask>
@@ -13,13 +13,13 @@ trains a SentencePiece model with the control ids this layout expects.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import re
-import sys
 from typing import Iterable, Optional, Sequence
 
+from absl import app
+from absl import flags
 import seqio
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
@@ -409,35 +409,66 @@ def train_sentencepiece(input_files: Sequence[str], vocab_size: int, output_pref
   return path
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m kosmos_jax.data.vocab",
-                                   description=__doc__.split("\n")[0])
-  commands = parser.add_subparsers(dest="command", required=True)
-  train = commands.add_parser("train", help="train a SentencePiece model for the Kosmos layout")
-  train.add_argument("--input", required=True,
-                     help="comma-separated text files, one sentence per line")
-  train.add_argument("--vocab_size", required=True, type=int, help="number of SentencePiece pieces")
-  train.add_argument("--output", required=True, help="output prefix: writes PREFIX.model/.vocab")
-  train.add_argument("--model_type", default="unigram", choices=("unigram", "bpe", "word", "char"))
-  train.add_argument("--character_coverage", default=0.9995, type=float)
-  train.add_argument("--soft_vocab_limit", action="store_true",
-                     help="allow fewer pieces than --vocab_size (small corpora)")
-  train.add_argument("--input_sentence_size", default=0, type=int,
-                     help="sample this many sentences (0: use all)")
-  train.add_argument("--grounding_tokens", action="store_true",
-                     help="report the size with the Kosmos-2 grounding tokens")
-  train.add_argument("--seed", default=0, type=int)
-  args = parser.parse_args(argv)
-  files = [f for f in args.input.split(",") if f]
+# ----------------------------------------------------------------------------- command line
+
+COMMANDS = ("train",)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the `train` command's flags on `flag_values` (global FLAGS only as a script)."""
+  fv = flag_values
+  flags.DEFINE_list("input", None, "comma-separated text files, one sentence per line",
+                    flag_values=fv)
+  flags.DEFINE_integer("vocab_size", None, "number of SentencePiece pieces", flag_values=fv)
+  flags.DEFINE_string("output", None, "output prefix: writes PREFIX.model and PREFIX.vocab",
+                      flag_values=fv)
+  flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe", "word", "char"],
+                    "SentencePiece model type", flag_values=fv)
+  flags.DEFINE_float("character_coverage", 0.9995, "characters covered by the pieces",
+                     flag_values=fv)
+  flags.DEFINE_bool("soft_vocab_limit", False, "allow fewer pieces than --vocab_size (small "
+                    "corpora)", flag_values=fv)
+  flags.DEFINE_integer("input_sentence_size", 0, "sample this many sentences (0: use all)",
+                       flag_values=fv)
+  flags.DEFINE_bool("grounding_tokens", False, "report the size with the Kosmos-2 grounding "
+                    "tokens", flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "SentencePiece sampling seed", flag_values=fv)
+  for name in ("input", "vocab_size", "output"):
+    flags.mark_flag_as_required(name, flag_values=fv)
+
+
+def train_from_flags(fv: flags.FlagValues) -> str:
+  """Runs `train` as the parsed flags describe; returns the one-line summary."""
   model = train_sentencepiece(
-      files, args.vocab_size, args.output, model_type=args.model_type,
-      character_coverage=args.character_coverage, hard_vocab_limit=not args.soft_vocab_limit,
-      input_sentence_size=args.input_sentence_size, seed=args.seed)
-  vocab = KosmosVocabulary(model, grounding_tokens=args.grounding_tokens)
-  print(f"wrote {model}: {vocab.num_spm_pieces} SentencePiece pieces -> Kosmos vocab_size "
-        f"{vocab.vocab_size} (image {vocab.image_id}, </image> {vocab.end_image_id})")
-  return 0
+      [f for f in fv.input if f], fv.vocab_size, fv.output, model_type=fv.model_type,
+      character_coverage=fv.character_coverage, hard_vocab_limit=not fv.soft_vocab_limit,
+      input_sentence_size=fv.input_sentence_size, seed=fv.seed)
+  vocab = KosmosVocabulary(model, grounding_tokens=fv.grounding_tokens)
+  return (f"wrote {model}: {vocab.num_spm_pieces} SentencePiece pieces -> Kosmos vocab_size "
+          f"{vocab.vocab_size} (image {vocab.image_id}, </image> {vocab.end_image_id})")
+
+
+def _command(argv: Sequence[str]) -> str:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: python -m kosmos_jax.data.vocab train --input=... "
+                         f"--vocab_size=N --output=PREFIX (got {list(argv[1:])})")
+  return argv[1]
+
+
+def run(argv: Sequence[str]) -> str:
+  """The CLI on a private flag set (tests, other programs): run(["prog", "train", "--input=..."])."""
+  fv = flags.FlagValues()
+  define_flags(fv)
+  remaining = fv(list(argv))
+  _command(remaining)
+  return train_from_flags(fv)
+
+
+def main(argv: Sequence[str]) -> None:
+  _command(argv)
+  print(train_from_flags(flags.FLAGS))
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags()
+  app.run(main)

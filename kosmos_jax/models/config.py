@@ -2,7 +2,7 @@
 whole Kosmos model, plus named presets (`kosmos1`, `kosmos2_hf`, `tiny`).
 
 Every difference between Kosmos-1 as described in the paper and the released Kosmos-2 /
-Hugging Face layout that changes the forward pass is a field here (kosmos_spec.md §5.6), so one
+Hugging Face layout that changes the forward pass is a field here (docs/model.md §9), so one
 code path serves both.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ VISION_TRAINABLE = ("all", "last_layer", "none")
 REMAT_POLICIES = ("none", "full", "minimal", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
 
-# OpenAI CLIP normalisation (kosmos_spec.md §1.4).
+# OpenAI CLIP normalisation (docs/model.md §5).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -1,6 +1,6 @@
 """MAGNETO (Sub-LN) causal decoder: token embedding, image splicing, the layer stack, tied logits.
 
-Block (kosmos_spec.md §1.2):
+Block (docs/model.md §2):
   x += Dropout(out_proj(inner_attn_ln(Attn(self_attn_layer_norm(x)))))
   x += Dropout(fc2(ffn_layernorm(GeLU(fc1(final_layer_norm(x))))))
 then a final `layer_norm` and logits against the (tied) token embedding.

@@ -10,14 +10,13 @@ Batch layout (all [batch, length] unless noted):
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kosmos_jax.models import layers
 from kosmos_jax.models.config import KosmosConfig
 from kosmos_jax.models.decoder import TextDecoder
 from kosmos_jax.models.resampler import Resampler
@@ -31,7 +30,7 @@ class Kosmos(nn.Module):
 
   def setup(self):
     c = self.config
-    kw = dict(dtype=layers.dtype_of(c.dtype), param_dtype=layers.dtype_of(c.param_dtype))
+    kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
     self.vision = VisionEncoder(c.vision, scan_layers=c.scan_layers, remat_policy=c.remat_policy,
                                 **kw)
     self.connector = Resampler(c.connector, embed_dim=c.text.embed_dim,
@@ -88,12 +87,10 @@ def init_params(config: KosmosConfig, rng: jax.Array) -> dict:
   return nn.unbox(init_variables(config, rng))["params"]
 
 
-def init_cache(config: KosmosConfig, batch: int, max_len: int) -> dict:
-  """A zero KV cache for `batch` rows of up to `max_len` tokens (the 'cache' collection)."""
-  model = Kosmos(config)
+def init_cache(model: nn.Module, batch: int, max_len: int) -> dict:
+  """A zero KV cache (the 'cache' collection of `model`, e.g. `Kosmos(config)`) for `batch` rows
+  of up to `max_len` tokens; shapes come from `jax.eval_shape`, nothing else is allocated."""
   tokens = jnp.zeros((batch, max_len), jnp.int32)
-
-  def make():
-    return model.init({"params": jax.random.key(0)}, tokens, decode=True)["cache"]
-  shapes = jax.eval_shape(make)
+  shapes = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0)}, tokens, decode=True)["cache"])
   return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), nn.unbox(shapes))

@@ -20,10 +20,6 @@ Array = jnp.ndarray
 NEG_INF = -1e30  # finite, so a fully-masked (padding) query row gives a uniform softmax, not NaN
 
 
-def dtype_of(name: str) -> jnp.dtype:
-  return jnp.dtype(name)
-
-
 def linear_init(kind: str, fan_in: int, gain: float = 1.0, std: float = 0.02) -> Callable:
   """Initialiser for a kernel or bias.
 
@@ -229,7 +225,7 @@ class Attention(nn.Module):
     """Writes this call's keys/values at the cache index and returns the mask over the cache.
 
     Keys are cached after xPos rotation with a centre fixed by the cache length, which gives the
-    same scores as torchscale's re-rotation of all keys at every step (kosmos_spec.md §1.3).
+    same scores as torchscale's re-rotation of all keys at every step (docs/model.md §4).
     The first (initialising) call only creates the zero cache.
     """
     initialized = self.has_variable("cache", "cached_key")

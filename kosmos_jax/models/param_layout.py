@@ -1,16 +1,37 @@
-"""Moves a parameter tree between the scanned layout (`<tower>/layers/...` with a leading layer
-axis, one compiled layer body) and the unrolled one (`<tower>/layers_0..N-1`, as HF checkpoints)."""
+"""Parameter-tree layout: names of parameters by path, and the two layer layouts, scanned
+(`<tower>/layers/...` with a leading layer axis, one compiled layer body) and unrolled
+(`<tower>/layers_0..N-1`, as HF checkpoints), with moves between them."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
 
+def path_name(path) -> str:
+  """"text/layers/mlp/wi/kernel" for a jax tree path (dict keys, attributes or indices)."""
+  return "/".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+
+
+def flat_paths(tree: Any) -> dict[str, Any]:
+  """{"a/b/c": leaf} for every leaf of a nested tree."""
+  return {path_name(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def layer_layout(params: Any) -> Optional[str]:
+  """"scanned" or "unrolled" by the text tower's layer keys; None for a tree without them."""
+  text = params.get("text", {}) if isinstance(params, dict) else {}
+  if "layers" in text:
+    return "scanned"
+  if "layers_0" in text:
+    return "unrolled"
+  return None
+
+
 def is_scanned(params: Any) -> bool:
   """True if the text tower's layers are stacked under `layers`."""
-  return "layers" in params.get("text", {})
+  return layer_layout(params) == "scanned"
 
 
 def unstack_layers(params: Any) -> Any:

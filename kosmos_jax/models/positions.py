@@ -1,6 +1,6 @@
 """Position encodings: xPos (relative, on queries/keys) and fairseq sinusoidal (absolute).
 
-xPos follows torchscale's `XPOS` exactly (kosmos_spec.md §1.3): interleaved (GPT-J style) rotary
+xPos follows torchscale's `XPOS` exactly (docs/model.md §4): interleaved (GPT-J style) rotary
 pairs, per-pair decay base zeta_j = (2j + gamma*D) / ((1+gamma)*D), scale base B, keys downscaled.
 torchscale centres the decay exponent on ceil(T/2) for a key length T; the centre cancels in
 q.k, and we take it as an argument so that a KV cache of fixed length can keep rotated keys.

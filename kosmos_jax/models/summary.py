@@ -17,6 +17,7 @@ import jax
 
 from kosmos_jax.models import config as config_lib
 from kosmos_jax.models import kosmos
+from kosmos_jax.models import param_layout
 
 TOWERS = {"text": "language model", "vision": "vision encoder", "connector": "connector"}
 
@@ -30,7 +31,7 @@ def parameter_rows(config: config_lib.KosmosConfig) -> list[tuple[str, tuple[int
   for path, leaf in leaves:
     names = tuple(leaf.names) if isinstance(leaf, nn.Partitioned) else ()
     value = leaf.value if isinstance(leaf, nn.Partitioned) else leaf
-    name = "/".join(str(getattr(p, "key", p)) for p in path)
+    name = param_layout.path_name(path)
     rows.append((name, tuple(value.shape), names, math.prod(value.shape)))
   return rows
 

@@ -2,14 +2,13 @@
 
 Class token + learned positions, `pre_layernorm`, pre-LN blocks with QuickGELU, then the Kosmos
 feature preparation: `post_layernorm` on all tokens and per-token L2 normalisation
-(kosmos_spec.md §1.4, §5.3).
+(docs/model.md §5).
 """
 from __future__ import annotations
 
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from kosmos_jax.models import layers

@@ -10,7 +10,7 @@ import transformers
 
 from kosmos_jax.convert import hf_clip
 from kosmos_jax.models import config as config_lib
-from kosmos_jax import params_io
+from kosmos_jax.checkpointing import params_io
 from kosmos_jax.models.vision import VisionEncoder
 
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

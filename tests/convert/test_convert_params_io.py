@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from kosmos_jax import params_io
+from kosmos_jax.checkpointing import params_io
 from kosmos_jax.models import config as config_lib
 from kosmos_jax.models import param_layout
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import transformers
 
-from kosmos_jax import params_io
+from kosmos_jax.checkpointing import params_io
 from kosmos_jax.convert import hf_kosmos2
 from kosmos_jax.convert import safetensors_io
 from kosmos_jax.models import config as config_lib

@@ -34,7 +34,8 @@ def spm_model(tmp_path_factory):
   corpus = os.path.join(directory, "corpus.txt")
   write_corpus(corpus)
   prefix = os.path.join(directory, "small")
-  assert vocab.main(["train", f"--input={corpus}", "--vocab_size=70", f"--output={prefix}"]) == 0
+  assert vocab.run(["vocab", "train", f"--input={corpus}", "--vocab_size=70",
+                    f"--output={prefix}"]).startswith("wrote ")
   return prefix + ".model"
 
 

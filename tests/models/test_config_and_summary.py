@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kosmos_jax import testing
+from tests.helpers import tiny
 from kosmos_jax.models import config as config_lib
 from kosmos_jax.models import kosmos
 from kosmos_jax.models import summary
@@ -54,7 +54,7 @@ def test_config_json_round_trip(name):
 def test_summary_counts_the_paper_model_exactly():
   rows = summary.parameter_rows(config_lib.get_config("kosmos1"))
   totals = summary.tower_totals(rows)
-  # kosmos_spec.md §1.1: LM 1,340,180,480; CLIP ViT-L/14 303,179,776; connector 19,015,680.
+  # docs/model.md §10: LM 1,340,180,480; CLIP ViT-L/14 303,179,776; connector 19,015,680.
   assert totals == {"text": 1_340_180_480, "vision": 303_179_776, "connector": 19_015_680}
   names = {r[0]: r[2] for r in rows}
   assert names["text/layers/self_attn/q_proj/kernel"] == ("layers", "embed", "heads", "kv")
@@ -73,9 +73,9 @@ def test_summary_cli_last_line():
 def test_remat_policy_gives_identical_loss_and_grads(policy):
   results = []
   for remat in ("none", policy):
-    config = testing.tiny_config(remat_policy=remat)
+    config = tiny.tiny_config(remat_policy=remat)
     params = jax.jit(lambda r: kosmos.init_params(config, r))(jax.random.key(0))
-    batch = testing.image_block_batch(config, 2, 16, [[1], [2]])
+    batch = tiny.image_block_batch(config, 2, 16, [[1], [2]])
     model = kosmos.Kosmos(config)
     loss = lambda p: jnp.mean(model.apply({"params": p}, **batch) ** 2)
     results.append(jax.jit(jax.value_and_grad(loss))(params))

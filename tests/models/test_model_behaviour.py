@@ -8,17 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kosmos_jax import testing
+from tests.helpers import tiny
 from kosmos_jax.models import decoder
 from kosmos_jax.models import kosmos
 from kosmos_jax.models import param_layout
 
-SCHEMES = {"xpos": {}, "sinusoidal": testing.SINUSOIDAL}
+SCHEMES = {"xpos": {}, "sinusoidal": tiny.SINUSOIDAL}
 
 
 @functools.lru_cache(maxsize=None)
 def setup(scheme: str = "xpos", scan: bool = True):
-  config = testing.tiny_config(scan_layers=scan, **{k.replace(".", "__"): v
+  config = tiny.tiny_config(scan_layers=scan, **{k.replace(".", "__"): v
                                                     for k, v in SCHEMES[scheme].items()})
   params = jax.jit(lambda r: kosmos.init_params(config, r))(jax.random.key(0))
   model = kosmos.Kosmos(config)
@@ -34,7 +34,7 @@ def logits_of(scheme, **batch):
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_causal_future_token_changes_no_earlier_logit(scheme):
   config = setup(scheme)[0]
-  batch = testing.image_block_batch(config, 2, 24, [[2], [5]])
+  batch = tiny.image_block_batch(config, 2, 24, [[2], [5]])
   base = logits_of(scheme, **batch)
   changed = dict(batch, tokens=batch["tokens"].copy())
   changed["tokens"][:, 18] = (changed["tokens"][:, 18] + 7) % config.text.vocab_size
@@ -47,7 +47,7 @@ def test_causal_future_token_changes_no_earlier_logit(scheme):
 def test_padding_invariance_left_and_right(scheme):
   config = setup(scheme)[0]
   length, pad = 24, 5
-  row = testing.image_block_batch(config, 1, length - pad, [[2]], seed=3)
+  row = tiny.image_block_batch(config, 1, length - pad, [[2]], seed=3)
   expected = logits_of(scheme, **row)[0]
 
   def padded(left: bool):
@@ -68,8 +68,8 @@ def test_padding_invariance_left_and_right(scheme):
 
 def test_packed_segments_do_not_interact():
   config = setup()[0]
-  first = testing.image_block_batch(config, 1, 12, [[1]], seed=1)
-  second = testing.image_block_batch(config, 1, 12, [[3]], seed=2)
+  first = tiny.image_block_batch(config, 1, 12, [[1]], seed=1)
+  second = tiny.image_block_batch(config, 1, 12, [[3]], seed=2)
   packed = dict(
       tokens=np.concatenate([first["tokens"], second["tokens"]], 1),
       image_token_mask=np.concatenate([first["image_token_mask"], second["image_token_mask"]], 1),
@@ -97,7 +97,7 @@ def test_splice_puts_kth_image_in_kth_run():
 def test_changing_an_image_changes_no_logit_before_its_placeholders():
   config = setup()[0]
   q = config.num_image_tokens
-  batch = testing.image_block_batch(config, 1, 40, [[2, 20]], seed=4)
+  batch = tiny.image_block_batch(config, 1, 40, [[2, 20]], seed=4)
   base = logits_of("xpos", **batch)
   images = batch["images"].copy()
   images[0, 1] = 255 - images[0, 1]                      # change the second image only
@@ -113,14 +113,14 @@ def test_changing_an_image_changes_no_logit_before_its_placeholders():
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 def test_cached_decoding_equals_full_forward(scheme):
   config, params, model, _ = setup(scheme)
-  batch = testing.image_block_batch(config, 2, 22, [[1], [3]], seed=5)
+  batch = tiny.image_block_batch(config, 2, 22, [[1], [3]], seed=5)
   batch["segment_ids"][1, :3] = 0               # left-padded second row (image moved after pad)
   batch["image_token_mask"][1] = 0
   batch["image_token_mask"][1, 4:4 + config.num_image_tokens] = 1
   pos = np.asarray(decoder.padded_positions(jnp.asarray(batch["segment_ids"])))
   full = np.asarray(model.apply({"params": params}, **batch, positions=pos))
   prompt = 14
-  cache = kosmos.init_cache(config, 2, 22)
+  cache = kosmos.init_cache(kosmos.Kosmos(config), 2, 22)
   step = jax.jit(lambda p, c, **kw: model.apply({"params": p, "cache": c}, decode=True,
                                                 mutable=["cache"], **kw))
   out, state = step(params, cache, tokens=batch["tokens"][:, :prompt], images=batch["images"],
@@ -139,7 +139,7 @@ def test_cached_decoding_equals_full_forward(scheme):
 def test_scan_and_unrolled_layers_agree():
   config, params, _, apply = setup("xpos", scan=True)
   config_u, _, _, apply_u = setup("xpos", scan=False)
-  batch = testing.image_block_batch(config, 2, 20, [[2], [4]], seed=6)
+  batch = tiny.image_block_batch(config, 2, 20, [[2], [4]], seed=6)
   unrolled = param_layout.unstack_layers(params)
   np.testing.assert_allclose(np.asarray(apply_u(unrolled, **batch)),
                              np.asarray(apply(params, **batch)), atol=1e-5, rtol=1e-5)
@@ -149,7 +149,7 @@ def test_scan_and_unrolled_layers_agree():
 
 def test_subln_init_gain_visible_in_parameter_statistics():
   """fc1/fc2/v_proj/out_proj (weights and biases) are U(+-gamma/sqrt(fan_in)), q/k U(+-1/sqrt)."""
-  config = testing.tiny_config(text__embed_dim=128, text__ffn_dim=512, text__num_layers=4)
+  config = tiny.tiny_config(text__embed_dim=128, text__ffn_dim=512, text__num_layers=4)
   params = jax.jit(lambda r: kosmos.init_params(config, r))(jax.random.key(1))["text"]["layers"]
   gamma = math.sqrt(math.log(2 * 4))
   assert config.text.init_gamma == pytest.approx(gamma)

@@ -35,8 +35,8 @@ _install_timm_stand_in()
 torchscale_config = pytest.importorskip("torchscale.architecture.config")
 torchscale_decoder = pytest.importorskip("torchscale.architecture.decoder")
 
-from kosmos_jax import params_io  # noqa: E402
-from kosmos_jax import testing  # noqa: E402
+from kosmos_jax.checkpointing import params_io  # noqa: E402
+from tests.helpers import tiny  # noqa: E402
 from kosmos_jax.convert import hf_kosmos2  # noqa: E402
 from kosmos_jax.convert import mapping  # noqa: E402
 from kosmos_jax.models import kosmos  # noqa: E402
@@ -83,7 +83,7 @@ def text_params_from_torchscale(model, config):
 @pytest.fixture(scope="module")
 def models():
   reference = build_torchscale()
-  config = testing.tiny_config(
+  config = tiny.tiny_config(
       scan_layers=False, text__vocab_size=VOCAB, text__embed_dim=DIM, text__num_heads=HEADS,
       text__ffn_dim=FFN, text__num_layers=LAYERS, text__xpos=True, text__abs_pos="none")
   params = jax.jit(lambda r: kosmos.init_params(config, r))(jax.random.key(0))
@@ -113,7 +113,7 @@ def test_incremental_decoding_matches_torchscale(models):
       expected.append(reference(torch.from_numpy(tokens[:, :t]), incremental_state=state)[0])
   expected = torch.cat(expected, dim=1).numpy()
 
-  cache = kosmos.init_cache(model.config, batch, total)
+  cache = kosmos.init_cache(model, batch, total)
   positions = np.broadcast_to(np.arange(total, dtype=np.int32), (batch, total))
   step = jax.jit(lambda c, tok, pos: model.apply({"params": params, "cache": c}, tok,
                                                  positions=pos, decode=True, mutable=["cache"]))

@@ -1,0 +1,604 @@
+"""Autoregressive decoding with a KV cache, compiled as one program, and likelihood scoring.
+
+Entry points:
+  decode(model, params, tokens, DecodeConfig(...), images=..., constraint=..., rng=...)
+      greedy, sampling (temperature / top-k / top-p) or beam search; optionally constrained to a
+      candidate set (`PrefixTrie`) and with no-repeat-n-gram blocking.
+  (scoring of candidate continuations lives in `kosmos_jax.inference.scoring`)
+
+Every strategy prefills the cache with the (left-padded) prompt and its images in one call, then
+emits one token per step inside a single `jax.lax.while_loop`, all under one `jax.jit`: no Python
+loop per token and no recompilation per step. The loop stops once every row is finished. Rows
+that finished keep emitting `pad_id` (Hugging Face semantics), so a batch returns a rectangular
+array of prompt + new tokens.
+
+Scores are log-probabilities of the model's own distribution (log_softmax of the raw logits).
+Blocking (constraints, repeated n-grams) removes tokens without renormalising, as HF does.
+
+Beam search (t5x-style alive/finished sets): the prompt is prefilled once per row, its cache is
+replicated per beam and gathered by beam parent at every step. A hypothesis that ends in `eos`, or
+reaches `max_new_tokens`, is finished with score `sum_logprob / length ** length_penalty`, where
+`length` counts the generated tokens including eos. This is the fairseq convention, which the
+unilm Kosmos evaluation uses, and the form of HF's `length_penalty` (alpha 0: raw log-probability;
+alpha > 0 favours longer outputs). A row stops early only when no alive beam can still beat its
+worst finished hypothesis, so the result equals running to `max_new_tokens`.
+
+Positions of generated tokens (`position_mode`):
+  "skip_padding"  position = number of real tokens before it in its row, i.e. continues the
+                  padding-skipping positions of the prompt (what training sees; left padding
+                  does not change the result). The default.
+  "slot"          position = its slot in the padded row. This is what Hugging Face Kosmos-2's
+                  `generate` does (it derives step positions from the cache length), so the
+                  HF-compatible API uses it; it equals "skip_padding" when there is no padding.
+
+The pieces are public so other strategies can reuse them: `init_cache`, `prefill`, `step`,
+`DecodeState` and `decode_loop(select=...)` with `select(logits [batch, vocab], state) -> tokens`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kosmos_jax.models.decoder import padded_positions
+from kosmos_jax.models.kosmos import init_cache
+
+Array = jax.Array
+POSITION_MODES = ("skip_padding", "slot")
+STRATEGIES = ("greedy", "sample", "beam")
+_TRACED_FLOATS = ("temperature", "top_p", "length_penalty")
+NEG_INF = -jnp.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """How to decode.
+
+  strategy: "greedy", "sample" or "beam".
+  max_new_tokens: tokens to generate per row (fewer when every row stops at eos earlier).
+  eos_id: end-of-sequence id (`</s>`); None never stops early.
+  pad_id: written after eos and into unused columns.
+  beam_size: beams per row ("beam"); the paper uses 5 for captions and 2 for ImageNet.
+  length_penalty: alpha of `length ** alpha` ("beam"; module docstring).
+  temperature, top_k, top_p: "sample" only; top_k 0 and top_p 1.0 disable those filters.
+  no_repeat_ngram_size: n > 0 forbids any n-gram to occur twice in a row, prompt included
+    (HF `no_repeat_ngram_size`); padding slots are not part of any n-gram.
+  position_mode: positions of generated tokens, "skip_padding" or "slot" (module docstring).
+  """
+  strategy: str = "greedy"
+  max_new_tokens: int = 20
+  eos_id: Optional[int] = 2
+  pad_id: int = 1
+  beam_size: int = 1
+  length_penalty: float = 1.0
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  no_repeat_ngram_size: int = 0
+  position_mode: str = "skip_padding"
+
+  def validate(self) -> "DecodeConfig":
+    """Raises ValueError naming every field whose value cannot work."""
+    problems = []
+    if self.strategy not in STRATEGIES:
+      problems.append(f"strategy={self.strategy!r}; choose one of {STRATEGIES}")
+    if self.max_new_tokens < 1:
+      problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if self.beam_size < 1:
+      problems.append(f"beam_size must be >= 1, got {self.beam_size}")
+    if not self.temperature > 0:
+      problems.append(f"temperature must be > 0, got {self.temperature} (for the most likely "
+                      "token use strategy='greedy')")
+    if self.top_k < 0:
+      problems.append(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+    if not 0 < self.top_p <= 1:
+      problems.append(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}")
+    if self.no_repeat_ngram_size < 0:
+      problems.append(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+    if self.position_mode not in POSITION_MODES:
+      problems.append(f"position_mode={self.position_mode!r}; choose one of {POSITION_MODES}")
+    if problems:
+      raise ValueError("Invalid DecodeConfig: " + "; ".join(problems))
+    return self
+
+
+@flax.struct.dataclass
+class PrefixTrie:
+  """A set of candidate token sequences as trie edges, for decoding constrained to the set.
+
+  Node 0 is the root; edge e goes from node `parent[e]` to node `child[e]` with token `token[e]`.
+  Every candidate ends with `eos_id` (appended when missing), so a row that is constrained stops
+  exactly at the end of a candidate, and a candidate that is a prefix of another stays reachable.
+  Edge arrays (rather than a [nodes, vocab] table) keep 1,000 ImageNet names in a few KiB.
+  """
+  parent: Array    # [edges] int32
+  token: Array     # [edges] int32
+  child: Array     # [edges] int32
+  eos_id: int = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def from_candidates(cls, candidates: Sequence[Sequence[int]], eos_id: int) -> "PrefixTrie":
+    """Builds the trie of `candidates` (lists of token ids, without or with a final eos)."""
+    if not candidates:
+      raise ValueError("PrefixTrie needs at least one candidate")
+    children: dict[tuple[int, int], int] = {}
+    for i, candidate in enumerate(candidates):
+      seq = [int(t) for t in candidate]
+      if not seq or seq == [eos_id]:
+        raise ValueError(f"candidate {i} is empty; every candidate needs at least one token")
+      if eos_id in seq[:-1]:
+        raise ValueError(f"candidate {i} has eos_id={eos_id} before its end: {seq}")
+      if min(seq) < 0:
+        raise ValueError(f"candidate {i} has a negative token id: {seq}")
+      node = 0
+      for t in seq if seq[-1] == eos_id else seq + [eos_id]:
+        node = children.setdefault((node, t), len(children) + 1)
+    edges = np.array([(p, t, c) for (p, t), c in children.items()], np.int32)   # [edges, 3]
+    return cls(parent=jnp.asarray(edges[:, 0]), token=jnp.asarray(edges[:, 1]),
+               child=jnp.asarray(edges[:, 2]), eos_id=int(eos_id))
+
+  def allowed(self, node: Array, vocab: int) -> Array:
+    """[rows] node ids -> [rows, vocab] bool, the tokens that continue some candidate."""
+    hit = (self.parent[None, :] == node[:, None]).astype(jnp.int32)          # [rows, edges]
+    rows = jnp.arange(node.shape[0])[:, None]
+    counts = jnp.zeros((node.shape[0], vocab), jnp.int32)
+    return counts.at[rows, self.token[None, :]].add(hit) > 0
+
+  def next_node(self, node: Array, token: Array) -> Array:
+    """[rows] node, [rows] token -> [rows] child node (-1 if the token leaves the trie)."""
+    hit = (self.parent[None, :] == node[:, None]) & (self.token[None, :] == token[:, None])
+    return jnp.max(jnp.where(hit, self.child[None, :], -1), axis=1)
+
+
+@flax.struct.dataclass
+class DecodeState:
+  """Carry of the greedy / sampling loop.
+
+  step:       number of tokens generated so far (scalar int32).
+  cache:      the model's 'cache' collection.
+  sequences:  [batch, prompt_len + max_new_tokens] prompt followed by generated tokens (pad after).
+  next_token: [batch] the token generated last (fed to the model at the next step).
+  done:       [batch] bool, the row has produced eos.
+  num_real:   [batch] real (non-pad) tokens before `next_token` (for "skip_padding" positions).
+  node:       [batch] trie node of the generated tokens (constrained decoding), else None.
+  logprob:    [batch] sum of the log-probabilities of the generated tokens, or None.
+  """
+  step: Array
+  cache: Any
+  sequences: Array
+  next_token: Array
+  done: Array
+  num_real: Array
+  node: Optional[Array] = None
+  logprob: Optional[Array] = None
+
+
+@flax.struct.dataclass
+class DecodeOutput:
+  """sequences: [batch, prompt_len + max_new_tokens]; only the first `prompt_len + num_generated`
+  columns were produced (the rest is pad). done: [batch] whether the (best) output ended in eos.
+  scores: [batch] sum of generated log-probs (greedy / sample) or the length-penalised score of
+  the best beam. beams / beam_scores: [batch, beam, length] / [batch, beam], best first (beam)."""
+  sequences: Array
+  num_generated: Array
+  done: Array
+  scores: Optional[Array] = None
+  beams: Optional[Array] = None
+  beam_scores: Optional[Array] = None
+
+
+# ----------------------------------------------------------------------------- model calls
+
+
+def cache_batch_axes(model: nn.Module, max_len: int) -> Any:
+  """The batch axis of every cache leaf (-1 for leaves without one, e.g. the cache index), found
+  by comparing cache shapes for 1 and 2 rows (scanned layers put the layer axis first)."""
+  one, two = (jax.eval_shape(lambda b=b: init_cache(model, b, max_len)) for b in (1, 2))
+
+  def axis(a, b):
+    diff = [i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
+    return diff[0] if diff else -1
+  return jax.tree_util.tree_map(axis, one, two)
+
+
+def gather_cache(cache: Any, axes: Any, index: Array) -> Any:
+  """Rows `index` ([new_batch] int) of every cache leaf along its batch axis: replicates rows per
+  beam or candidate, and reorders beams by parent."""
+  return jax.tree_util.tree_map(
+      lambda x, a: x if a < 0 else jnp.take(x, index, axis=a), cache, axes)
+
+
+def prefill(model: nn.Module, params: Any, cache: Any, tokens: Array, segment_ids: Array,
+            positions: Array, **model_inputs) -> tuple[Array, Any]:
+  """Runs the prompt through the model in decode mode, filling the cache.
+
+  Returns (logits of the last prompt column [batch, vocab], cache).
+  """
+  logits, variables = model.apply({"params": params, "cache": cache}, tokens,
+                                  segment_ids=segment_ids, positions=positions, decode=True,
+                                  mutable=["cache"], **model_inputs)
+  return logits[:, -1], variables["cache"]
+
+
+def step(model: nn.Module, params: Any, cache: Any, token: Array, position: Array
+         ) -> tuple[Array, Any]:
+  """Feeds one token per row ([batch]) at `position` ([batch]); returns (logits [batch, vocab],
+  cache)."""
+  logits, variables = model.apply(
+      {"params": params, "cache": cache}, token[:, None], segment_ids=jnp.ones_like(token)[:, None],
+      positions=position[:, None], decode=True, mutable=["cache"])
+  return logits[:, 0], variables["cache"]
+
+
+# ----------------------------------------------------------------------------- token selection
+
+
+def no_repeat_ngram_mask(sequences: Array, real: Array, length: Array, n: int,
+                         vocab: int) -> Array:
+  """Tokens that would complete an n-gram already present in the row (HF semantics).
+
+  Args:
+    sequences: [rows, slots] tokens; slots < `length` are filled.
+    real: [rows, slots] bool, False at padding (n-grams through padding do not count).
+    length: scalar, filled slots.
+    n: n-gram size (>= 1).
+  Returns:
+    [rows, vocab] bool, True = banned.
+  """
+  rows, slots = sequences.shape
+  if slots < n:
+    return jnp.zeros((rows, vocab), bool)
+  starts = slots - n + 1
+  idx = length - (n - 1) + jnp.arange(n - 1)                    # the last n-1 tokens
+  prefix = jnp.take(sequences, jnp.clip(idx, 0, slots - 1), axis=1)              # [rows, n-1]
+  prefix_ok = jnp.all(jnp.take(real, jnp.clip(idx, 0, slots - 1), axis=1) & (idx >= 0), axis=1)
+  match = (jnp.arange(starts) + n - 1 < length)[None, :] & prefix_ok[:, None]   # [rows, starts]
+  for j in range(n):
+    match &= real[:, j:j + starts]
+    if j < n - 1:
+      match &= sequences[:, j:j + starts] == prefix[:, j:j + 1]
+  banned = jnp.zeros((rows, vocab), jnp.int32)
+  banned = banned.at[jnp.arange(rows)[:, None], sequences[:, n - 1:]].add(match.astype(jnp.int32))
+  return banned > 0
+
+
+def _block(logits: Array, config: DecodeConfig, trie: Optional[PrefixTrie], node: Optional[Array],
+           sequences: Array, real: Array, length: Array) -> Array:
+  """Sets tokens forbidden by the constraint or by n-gram blocking to -inf.  # [rows, vocab]"""
+  vocab = logits.shape[-1]
+  if trie is not None:
+    logits = jnp.where(trie.allowed(node, vocab), logits, NEG_INF)
+  if config.no_repeat_ngram_size:
+    banned = no_repeat_ngram_mask(sequences, real, length, config.no_repeat_ngram_size, vocab)
+    logits = jnp.where(banned, NEG_INF, logits)
+  return logits
+
+
+def sample_logits(logits: Array, rng: Array, *, temperature: Any = 1.0, top_k: Any = 0,
+                  top_p: Any = 1.0) -> Array:
+  """Draws one token per row ([rows, vocab] -> [rows]) after temperature, then top-k (0: off),
+  then top-p (nucleus: the smallest set of most likely tokens whose renormalised probability
+  reaches top_p; 1.0: off), in HF's order. The knobs may be traced (no recompiles)."""
+  vocab = logits.shape[-1]
+  logits = logits / temperature
+  ordered = -jnp.sort(-logits, axis=-1)                                # [rows, vocab] descending
+  k = jnp.clip(jnp.where(top_k > 0, top_k, vocab), 1, vocab)
+  kth = jnp.take_along_axis(ordered, jnp.full((logits.shape[0], 1), k - 1), axis=-1)
+  ordered = jnp.where(ordered >= kth, ordered, NEG_INF)                       # top-k
+  probs = jax.nn.softmax(ordered, axis=-1)
+  before = jnp.cumsum(probs, axis=-1) - probs                 # mass of the more likely tokens
+  keep = ((before < top_p) | (top_p >= 1.0)) & jnp.isfinite(ordered)
+  cutoff = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)  # [rows, 1]
+  logits = jnp.where(logits < cutoff, NEG_INF, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def greedy_select(logits: Array, state: Optional[DecodeState]) -> Array:
+  """argmax over the vocabulary (ties go to the lowest id, as torch.argmax)."""
+  del state
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def _make_select(config: DecodeConfig, trie: Optional[PrefixTrie], real: Array, prompt_len: int,
+                 rng: Optional[Array]) -> Callable[[Array, DecodeState], Array]:
+  """The `select` of `decode_loop` for `config`: blocking, then argmax or a draw."""
+
+  def select(logits: Array, state: DecodeState) -> Array:
+    logits = _block(logits, config, trie, state.node, state.sequences, real,
+                    prompt_len + state.step)
+    if config.strategy == "sample":
+      return sample_logits(logits, jax.random.fold_in(rng, state.step),
+                           temperature=config.temperature, top_k=config.top_k, top_p=config.top_p)
+    return greedy_select(logits, state)
+  return select
+
+
+# ----------------------------------------------------------------------------- greedy / sampling
+
+
+def _advance(s: DecodeState, logits: Array, select, *, prompt_len: int, eos_id: Array,
+             pad_id: Array, trie: Optional[PrefixTrie]) -> DecodeState:
+  """Selects the next token of every row from `logits` [batch, vocab] and records it."""
+  token = jnp.where(s.done, pad_id, select(logits, s))
+  logprob = s.logprob
+  if logprob is not None:
+    token_logp = jnp.take_along_axis(jax.nn.log_softmax(logits), token[:, None], axis=1)[:, 0]
+    logprob = logprob + jnp.where(s.done, 0.0, token_logp)
+  node = s.node if trie is None or s.node is None else trie.next_node(s.node, token)
+  sequences = jax.lax.dynamic_update_slice(
+      s.sequences, token[:, None].astype(s.sequences.dtype), (0, prompt_len + s.step))
+  return s.replace(step=s.step + 1, sequences=sequences, next_token=token,
+                   done=s.done | (token == eos_id), node=node, logprob=logprob)
+
+
+def decode_loop(model: nn.Module, params: Any, state: DecodeState, *, prompt_len: int,
+                max_new_tokens: int,
+                select: Callable[[Array, Optional[DecodeState]], Array],
+                eos_id: Array, pad_id: Array, slot_positions: Array,
+                trie: Optional[PrefixTrie] = None) -> DecodeState:
+  """Generates until `max_new_tokens` tokens or until every row is done.
+
+  `state` holds the first generated token (from the prefill) in `next_token`, already written to
+  `sequences` and counted in `step`. `eos_id`/`pad_id` are traced int32 scalars (eos -1: never
+  stop early) and `slot_positions` a traced bool (True: "slot" positions, else "skip_padding"),
+  so changing them does not recompile. `trie` advances `state.node` when given.
+  """
+
+  def cond(s: DecodeState) -> Array:
+    return (s.step < max_new_tokens) & ~jnp.all(s.done)
+
+  def body(s: DecodeState) -> DecodeState:
+    slot = prompt_len + s.step - 1                              # where next_token sits
+    position = jnp.where(slot_positions, slot, s.num_real)      # [batch]
+    logits, cache = step(model, params, s.cache, s.next_token, position)
+    s = s.replace(cache=cache, num_real=s.num_real + 1)
+    return _advance(s, logits, select, prompt_len=prompt_len, eos_id=eos_id, pad_id=pad_id,
+                    trie=trie)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def model_inputs(images, image_token_mask) -> dict:
+  return {} if images is None else dict(images=images, image_token_mask=image_token_mask)
+
+
+def _real_slots(segment_ids: Array, max_new_tokens: int) -> Array:
+  """[batch, prompt_len + max_new_tokens] bool: prompt slots that are not padding, and all new."""
+  new = jnp.ones((segment_ids.shape[0], max_new_tokens), bool)
+  return jnp.concatenate([segment_ids != 0, new], axis=1)
+
+
+def _greedy_or_sample(model, params, tokens, segment_ids, positions, images, image_token_mask,
+                      eos_id, pad_id, slot_positions, rng, trie, config) -> DecodeOutput:
+  batch, prompt_len = tokens.shape
+  cache = init_cache(model, batch, prompt_len + config.max_new_tokens)
+  logits, cache = prefill(model, params, cache, tokens, segment_ids, positions,
+                          **model_inputs(images, image_token_mask))
+  sequences = jnp.full((batch, prompt_len + config.max_new_tokens), pad_id.astype(tokens.dtype))
+  zeros = jnp.zeros((batch,), jnp.int32)
+  state = DecodeState(
+      step=jnp.array(0, jnp.int32), cache=cache, sequences=sequences.at[:, :prompt_len].set(tokens),
+      next_token=zeros, done=jnp.zeros((batch,), bool),
+      num_real=jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32),
+      node=None if trie is None else zeros, logprob=jnp.zeros((batch,), jnp.float32))
+  select = _make_select(config, trie, _real_slots(segment_ids, config.max_new_tokens),
+                        prompt_len, rng)
+  kw = dict(eos_id=eos_id, pad_id=pad_id, trie=trie)
+  state = _advance(state, logits, select, prompt_len=prompt_len, **kw)
+  state = decode_loop(model, params, state, prompt_len=prompt_len,
+                      max_new_tokens=config.max_new_tokens, select=select,
+                      slot_positions=slot_positions, **kw)
+  return DecodeOutput(sequences=state.sequences, num_generated=state.step, done=state.done,
+                      scores=state.logprob)
+
+
+# ----------------------------------------------------------------------------- beam search
+
+
+@flax.struct.dataclass
+class BeamState:
+  """Carry of beam search; [batch, beam] unless noted. Dead or empty entries score -inf.
+
+  step: tokens generated so far (scalar); cache: rows batch*beam (row b*beam + k);
+  alive_seqs / finished_seqs: [batch, beam, prompt_len + max_new_tokens];
+  alive_logp: summed log-probs; alive_node: trie node (0 when unconstrained);
+  finished_scores: length-penalised; done: [batch], no alive beam can still improve the row.
+  """
+  step: Array
+  cache: Any
+  alive_seqs: Array
+  alive_logp: Array
+  alive_node: Array
+  finished_seqs: Array
+  finished_scores: Array
+  done: Array
+
+
+def _length_penalty(length: Array, alpha: float) -> Array:
+  return jnp.asarray(length, jnp.float32) ** alpha
+
+
+def _beam_advance(s: BeamState, logits: Array, *, config: DecodeConfig, prompt_len: int,
+                  real: Array, eos_id: Array, trie: Optional[PrefixTrie], axes: Any
+                  ) -> BeamState:
+  """One beam step from `logits` [batch*beam, vocab] of the alive beams' last tokens."""
+  batch, beam, total = s.alive_seqs.shape
+  vocab = logits.shape[-1]
+  logp = jax.nn.log_softmax(logits)                                           # [b*k, vocab]
+  logp = _block(logp, config, trie, s.alive_node.reshape(-1),
+                s.alive_seqs.reshape(batch * beam, total), real, prompt_len + s.step)
+  cand = (s.alive_logp[:, :, None] + logp.reshape(batch, beam, vocab)).reshape(batch, -1)
+  # 2*beam candidates: enough to keep `beam` alive ones even if `beam` of them end in eos.
+  values, flat = jax.lax.top_k(cand, 2 * beam)                                # [batch, 2k]
+  parent, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+  seqs = jnp.take_along_axis(s.alive_seqs, parent[:, :, None], axis=1)        # [batch, 2k, T]
+  seqs = jax.lax.dynamic_update_slice(seqs, token[:, :, None].astype(seqs.dtype),
+                                      (0, 0, prompt_len + s.step))
+  length = s.step + 1                                     # generated tokens, eos included
+  valid = jnp.isfinite(values)
+  is_eos = token == eos_id
+
+  # Finished: hypotheses ending in eos, and every hypothesis at the last step, if they rank
+  # among the best `beam` candidates (the fairseq / HF rule; it makes one beam equal greedy).
+  last = length == config.max_new_tokens
+  top = (jnp.arange(2 * beam) < beam)[None, :]
+  fin = jnp.where(valid & top & (is_eos | last),
+                  values / _length_penalty(length, config.length_penalty), NEG_INF)
+  fin_scores, fin_idx = jax.lax.top_k(jnp.concatenate([s.finished_scores, fin], axis=1), beam)
+  fin_seqs = jnp.take_along_axis(jnp.concatenate([s.finished_seqs, seqs], axis=1),
+                                 fin_idx[:, :, None], axis=1)
+
+  # Alive: the best `beam` hypotheses that did not end in eos.
+  alive_logp, alive_idx = jax.lax.top_k(jnp.where(is_eos, NEG_INF, values), beam)
+  alive_seqs = jnp.take_along_axis(seqs, alive_idx[:, :, None], axis=1)
+  alive_parent = jnp.take_along_axis(parent, alive_idx, axis=1)               # [batch, beam]
+  alive_token = jnp.take_along_axis(token, alive_idx, axis=1)
+  rows = (jnp.arange(batch)[:, None] * beam + alive_parent).reshape(-1)       # [batch*beam]
+  node = s.alive_node
+  if trie is not None:
+    node = trie.next_node(s.alive_node.reshape(-1)[rows], alive_token.reshape(-1))
+    node = node.reshape(batch, beam)
+
+  # Done when the best alive beam, even at its most favourable length, cannot enter the top
+  # `beam` finished (log-probs only fall as a hypothesis grows).
+  best_len = jnp.where(config.length_penalty >= 0, config.max_new_tokens, length + 1)
+  bound = jnp.where(last, NEG_INF, alive_logp[:, 0] / _length_penalty(best_len,
+                                                                      config.length_penalty))
+  done = s.done | last | (fin_scores[:, -1] >= bound)
+  return BeamState(step=length, cache=gather_cache(s.cache, axes, rows), alive_seqs=alive_seqs,
+                   alive_logp=alive_logp, alive_node=node, finished_seqs=fin_seqs,
+                   finished_scores=fin_scores, done=done)
+
+
+def _beam_search(model, params, tokens, segment_ids, positions, images, image_token_mask,
+                 eos_id, pad_id, slot_positions, trie, config) -> DecodeOutput:
+  batch, prompt_len = tokens.shape
+  beam, total = config.beam_size, prompt_len + config.max_new_tokens
+  cache = init_cache(model, batch, total)
+  logits, cache = prefill(model, params, cache, tokens, segment_ids, positions,
+                          **model_inputs(images, image_token_mask))
+  axes = cache_batch_axes(model, total)
+  rows = jnp.repeat(jnp.arange(batch), beam)                                  # [batch*beam]
+  seqs = jnp.full((batch, beam, total), pad_id.astype(tokens.dtype))
+  seqs = seqs.at[:, :, :prompt_len].set(tokens[:, None, :])
+  first = jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)          # one live beam to start
+  state = BeamState(
+      step=jnp.array(0, jnp.int32), cache=gather_cache(cache, axes, rows), alive_seqs=seqs,
+      alive_logp=jnp.broadcast_to(first, (batch, beam)),
+      alive_node=jnp.zeros((batch, beam), jnp.int32), finished_seqs=seqs,
+      finished_scores=jnp.full((batch, beam), NEG_INF), done=jnp.zeros((batch,), bool))
+  real = jnp.repeat(_real_slots(segment_ids, config.max_new_tokens), beam, axis=0)
+  advance = functools.partial(_beam_advance, config=config, prompt_len=prompt_len, real=real,
+                              eos_id=eos_id, trie=trie, axes=axes)
+  state = advance(state, logits[rows])
+  num_real = jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32)[rows]       # [batch*beam]
+
+  def body(s: BeamState) -> BeamState:
+    position = jnp.where(slot_positions, prompt_len + s.step - 1, num_real + s.step - 1)
+    last_token = s.alive_seqs[:, :, prompt_len + s.step - 1].reshape(-1)
+    step_logits, cache = step(model, params, s.cache, last_token, position)
+    return advance(s.replace(cache=cache), step_logits)
+
+  state = jax.lax.while_loop(
+      lambda s: (s.step < config.max_new_tokens) & ~jnp.all(s.done), body, state)
+  # A row with no finished hypothesis (everything blocked) falls back to its alive beams.
+  found = jnp.isfinite(state.finished_scores[:, :1])
+  beams = jnp.where(found[:, :, None], state.finished_seqs, state.alive_seqs)
+  scores = jnp.where(found, state.finished_scores, state.alive_logp)
+  ended = jnp.any(beams[:, 0, prompt_len:] == eos_id, axis=-1)
+  return DecodeOutput(sequences=beams[:, 0], num_generated=state.step, done=ended,
+                      scores=scores[:, 0], beams=beams, beam_scores=scores)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+@functools.partial(jax.jit, static_argnames=("model", "config"))
+def _generate(model, params, tokens, segment_ids, positions, images, image_token_mask, eos_id,
+              pad_id, slot_positions, rng, trie, knobs, *, config) -> DecodeOutput:
+  """Prefill + loop as one program. `config` holds the static fields (strategy, lengths, beam
+  size, n-gram size); eos / pad / position mode and `knobs` (sampling, length penalty) are
+  traced."""
+  config = dataclasses.replace(config, **knobs)
+  args = (model, params, tokens, segment_ids, positions, images, image_token_mask, eos_id,
+          pad_id, slot_positions)
+  if config.strategy == "beam":
+    return _beam_search(*args, trie, config)
+  return _greedy_or_sample(*args, rng, trie, config)
+
+
+def prompt_inputs(tokens, segment_ids, positions, images, image_token_mask):
+  """Validates and converts the prompt arguments shared by `decode` and `score_continuations`."""
+  tokens = jnp.asarray(tokens, jnp.int32)
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [batch, prompt_len], got shape {tokens.shape}")
+  if (images is None) != (image_token_mask is None):
+    raise ValueError("pass images and image_token_mask together (or neither)")
+  segment_ids = (jnp.ones_like(tokens) if segment_ids is None
+                 else jnp.asarray(segment_ids, jnp.int32))
+  for name, value in (("segment_ids", segment_ids), ("positions", positions),
+                      ("image_token_mask", image_token_mask)):
+    if value is not None and tuple(np.shape(value)) != tuple(tokens.shape):
+      raise ValueError(f"{name} has shape {np.shape(value)}; tokens has {tokens.shape}")
+  positions = (padded_positions(segment_ids) if positions is None
+               else jnp.asarray(positions, jnp.int32))
+  mask = None if image_token_mask is None else jnp.asarray(image_token_mask, jnp.int32)
+  return tokens, segment_ids, positions, images, mask
+
+
+def decode(model: nn.Module, params: Any, tokens: Array, config: DecodeConfig, *,
+           images: Optional[Array] = None, image_token_mask: Optional[Array] = None,
+           segment_ids: Optional[Array] = None, positions: Optional[Array] = None,
+           constraint: Optional[PrefixTrie] = None, rng: Optional[Array] = None
+           ) -> DecodeOutput:
+  """Decodes a batch of prompts with `config`; one compiled program per shape and config.
+
+  Args:
+    model: a `Kosmos` module (any linen module with the same call signature and a KV cache).
+    params: its parameters (may be sharded; the computation follows them).
+    tokens: [batch, prompt_len] int prompts, left-padded (the last column must be real).
+    config: a `DecodeConfig`.
+    images: [batch, num_images, H, W, 3] for the prompt (uint8, or float already normalised);
+      the k-th placeholder run of a row takes image k.
+    image_token_mask: [batch, prompt_len], 1 at image placeholder positions.
+    segment_ids: [batch, prompt_len], 0 = padding, 1 = real (default: all real).
+    positions: [batch, prompt_len] prompt positions (default: skip padding, as in training).
+    constraint: restricts every row's output to one of the trie's candidates (greedy or beam).
+    rng: a `jax.random.key`, required by strategy "sample" (same key, same draws).
+  Returns:
+    DecodeOutput; `sequences[:, :prompt_len + num_generated]` is what HF `generate` returns.
+  """
+  config.validate()
+  if config.strategy == "sample" and rng is None:
+    raise ValueError("strategy='sample' needs rng=jax.random.key(seed)")
+  if constraint is not None:
+    if config.strategy == "sample":
+      raise ValueError("constraint works with strategy 'greedy' or 'beam', not 'sample'")
+    if config.eos_id != constraint.eos_id:
+      raise ValueError(f"the constraint was built with eos_id={constraint.eos_id} but "
+                       f"config.eos_id={config.eos_id}; build it with the decoding eos id")
+    vocab = getattr(getattr(getattr(model, "config", None), "text", None), "vocab_size", None)
+    if vocab is not None and int(jnp.max(constraint.token)) >= vocab:
+      raise ValueError(f"a constraint candidate has token id {int(jnp.max(constraint.token))} "
+                       f">= vocab_size {vocab}")
+  if config.strategy != "sample":
+    rng = None                                   # unused; keeps one program per config
+  tokens, segment_ids, positions, images, mask = prompt_inputs(tokens, segment_ids, positions,
+                                                                images, image_token_mask)
+  # Numbers that do not change the program's shape are traced: changing them does not recompile.
+  knobs = {name: jnp.asarray(getattr(config, name), jnp.float32) for name in _TRACED_FLOATS}
+  knobs["top_k"] = jnp.asarray(config.top_k, jnp.int32)
+  static = dataclasses.replace(DecodeConfig(), strategy=config.strategy,
+                               max_new_tokens=config.max_new_tokens, beam_size=config.beam_size,
+                               no_repeat_ngram_size=config.no_repeat_ngram_size)
+  return _generate(model, params, tokens, segment_ids, positions, images, mask,
+                   jnp.asarray(-1 if config.eos_id is None else config.eos_id, jnp.int32),
+                   jnp.asarray(config.pad_id, jnp.int32),
+                   jnp.asarray(config.position_mode == "slot"), rng, constraint, knobs,
+                   config=static)

@@ -1,0 +1,138 @@
+"""Greedy decoding with the KV cache in one jitted while_loop == argmax over full forward passes.
+
+Both position schemes: the `tiny` preset (xPos) and the Kosmos-2 / HF scheme (fairseq
+sinusoidal, no xPos). Prompts are left-padded by different amounts and carry an image.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kosmos_jax.inference import decoding
+from tests.helpers import tiny
+from kosmos_jax.models import decoder
+from kosmos_jax.models import kosmos
+
+SCHEMES = {"xpos": {}, "sinusoidal": tiny.SINUSOIDAL}
+PROMPT, NEW, PAD_ID = 14, 10, 1
+LEFT_PADS = (0, 3)
+
+
+def spread(tree):
+  """Smaller token embeddings, larger kernels: a random model whose greedy output varies
+  (at init the tied embedding makes it repeat its last token)."""
+  if not isinstance(tree, dict):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    if key == "embedding":
+      out[key] = value * 0.1
+    elif key == "kernel":
+      out[key] = value * 3.0
+    else:
+      out[key] = spread(value)
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def setup(scheme):
+  config = tiny.tiny_config(**{k.replace(".", "__"): v for k, v in SCHEMES[scheme].items()})
+  params = spread(jax.jit(lambda r: kosmos.init_params(config, r))(jax.random.key(0)))
+  model = kosmos.Kosmos(config)
+  forward = jax.jit(lambda p, **kw: model.apply({"params": p}, **kw))
+  return config, params, model, forward
+
+
+def prompts(config, pads=LEFT_PADS, seeds=(1, 2)):
+  """Two prompts (an image block at real position 1), row i left-padded by pads[i]."""
+  rows = []
+  for pad, seed in zip(pads, seeds):
+    real = tiny.image_block_batch(config, 1, PROMPT - pad, [[1]], seed=seed)
+    rows.append({k: v if k == "images" else np.pad(v, ((0, 0), (pad, 0)))
+                 for k, v in real.items()})
+  batch = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+  batch["tokens"] = np.where(batch["segment_ids"] == 0, PAD_ID, batch["tokens"])
+  return batch
+
+
+def reference(scheme, batch, position_mode="skip_padding"):
+  """Argmax over repeated full (uncached) forward passes of the growing sequence.
+
+  The sequence lives in a fixed [batch, PROMPT + NEW] buffer whose not-yet-generated slots are
+  padding (segment 0); causal attention makes them invisible, and one compile serves all steps.
+  """
+  config, params, _, forward = setup(scheme)
+  total = PROMPT + NEW
+  tokens = np.full((2, total), PAD_ID, np.int32)
+  tokens[:, :PROMPT] = batch["tokens"]
+  segments = np.zeros((2, total), np.int32)
+  segments[:, :PROMPT] = batch["segment_ids"]
+  mask = np.zeros((2, total), np.int32)
+  mask[:, :PROMPT] = batch["image_token_mask"]
+  prompt_pos = np.asarray(decoder.padded_positions(jnp.asarray(batch["segment_ids"])))
+  for t in range(NEW):
+    if position_mode == "slot":
+      positions = np.concatenate([prompt_pos, np.tile(np.arange(PROMPT, total), (2, 1))], 1)
+    else:
+      positions = np.asarray(decoder.padded_positions(jnp.asarray(segments)))
+    logits = forward(params, tokens=tokens, segment_ids=segments, positions=positions,
+                     images=batch["images"], image_token_mask=mask)
+    tokens[:, PROMPT + t] = np.argmax(np.asarray(logits[:, PROMPT + t - 1]), axis=-1)
+    segments[:, PROMPT + t] = 1
+  return tokens
+
+
+def decode(scheme, batch, eos_id=None, position_mode="skip_padding"):
+  config, params, model, _ = setup(scheme)
+  config = decoding.DecodeConfig(strategy="greedy", max_new_tokens=NEW, eos_id=eos_id,
+                                 pad_id=PAD_ID, position_mode=position_mode)
+  return decoding.decode(
+      model, params, batch["tokens"], config, images=batch["images"],
+      image_token_mask=batch["image_token_mask"], segment_ids=batch["segment_ids"])
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_cached_greedy_equals_argmax_of_full_forward(scheme):
+  batch = prompts(setup(scheme)[0])
+  expected = reference(scheme, batch)
+  out = decode(scheme, batch)
+  np.testing.assert_array_equal(np.asarray(out.sequences), expected)
+  assert int(out.num_generated) == NEW and not np.asarray(out.done).any()
+  assert len(np.unique(expected[:, PROMPT:])) > 4       # the check is not on a degenerate repeat
+
+  # eos from row 0 only: row 0 stops there and pads, row 1 runs on (unless it emits eos too).
+  new = expected[:, PROMPT:]
+  stop0 = next(t for t in range(1, NEW) if new[0, t] not in new[0, :t])
+  eos = int(new[0, stop0])
+  out = decode(scheme, batch, eos_id=eos)
+  stops = [list(row).index(eos) if eos in row else None for row in new]
+  for row, stop in enumerate(stops):
+    want = new[row] if stop is None else np.where(np.arange(NEW) > stop, PAD_ID, new[row])
+    np.testing.assert_array_equal(np.asarray(out.sequences)[row, PROMPT:], want)
+  finished = [s for s in stops if s is not None]
+  print(f"{scheme}: eos={eos} stops per row={stops}")
+  assert int(out.num_generated) == (NEW if None in stops else max(finished) + 1)
+
+
+def test_slot_positions_equal_argmax_of_full_forward():
+  """position_mode="slot" (what HF Kosmos-2 generate does) against the same positions uncached."""
+  batch = prompts(setup("sinusoidal")[0])
+  expected = reference("sinusoidal", batch, position_mode="slot")
+  out = decode("sinusoidal", batch, position_mode="slot")
+  np.testing.assert_array_equal(np.asarray(out.sequences), expected)
+  assert not np.array_equal(expected, reference("sinusoidal", batch))   # positions matter
+
+
+def test_loop_ends_when_every_row_has_emitted_eos():
+  batch = prompts(setup("xpos")[0], pads=(3, 3), seeds=(5, 5))        # two identical rows
+  free = np.asarray(decode("xpos", batch).sequences)
+  np.testing.assert_array_equal(free[0], free[1])
+  new = free[0, PROMPT:]
+  stop = next(t for t in range(2, NEW) if new[t] not in new[:t])       # first occurrence at t
+  out = decode("xpos", batch, eos_id=int(new[stop]))                   # same compiled program
+  assert int(out.num_generated) == stop + 1 and np.asarray(out.done).all()
+  expected = np.concatenate([new[:stop + 1], np.full(NEW - stop - 1, PAD_ID)])
+  for row in range(2):
+    np.testing.assert_array_equal(np.asarray(out.sequences)[row, PROMPT:], expected)
