@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Two pytest-xdist workers: compile-bound tests overlap well on 2 cores (about 4 min vs 10).
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-all demo clean
+.PHONY: install lint test test-all demo clean
 
 install: $(STAMP)
 
@@ -22,7 +22,10 @@ $(STAMP): setup.py
 	$(PIP) install -q --no-deps torchscale==0.3.0
 	touch $(STAMP)
 
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS) tests
 
 test-all: install

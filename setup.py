@@ -30,6 +30,7 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8",
         "pytest-xdist>=3",
+        "ruff>=0.17,<0.18",
         "torch==2.13.0",
         "transformers>=5.20,<6",
         "fairscale==0.4.0",

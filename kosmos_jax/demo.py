@@ -73,11 +73,11 @@ def run(model_dir: str, experiment: str, train_steps: Optional[int], eval_exampl
   gin_utils.parse([experiment], bindings)
   from kosmos_jax import train as train_script  # pylint: disable=g-import-not-at-top
   start = time.time()
-  summary = gin.get_configurable(train_script.train)()
+  result = gin.get_configurable(train_script.train)()
   train_seconds = time.time() - start
   from kosmos_jax.evaluation import shapes as shapes_eval  # pylint: disable=g-import-not-at-top
-  trainer = summary["trainer"]
-  generation = shapes_eval.evaluate(trainer.model, summary["state"].params,
+  summary = result.summary
+  generation = shapes_eval.evaluate(result.trainer.model, result.state.params,
                                     num_examples=eval_examples)
   eval_start = summary.get("eval_start")     # train() carries it over from an earlier run
   report = format_report(loss_curve(model_dir), summary.get("eval", {}), generation,

@@ -68,7 +68,7 @@ def evaluate(*, checkpoint: str, tasks: Sequence[Any], output_dir: str,
              watch: bool = False, poll_seconds: int = 60, timeout_seconds: int = 24 * 3600,
              vocab_file: Optional[str] = None,
              imports: Sequence[str] = ("kosmos_jax.evaluation.shapes",)) -> dict[int, dict]:
-  """Evaluates `checkpoint` on `tasks` ((task, split) pairs or names for the test split).
+  """Evaluates `checkpoint` on `tasks` ((task, split) pairs, or names for `tasks.DEFAULT_SPLIT`).
 
   watch: on a training run directory, evaluate each checkpoint step once as it appears; stop
     when the run has written train_summary.json and every step is done, or after

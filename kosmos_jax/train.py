@@ -10,6 +10,7 @@ checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from kosmos_jax.data import dataset_config as dataset_lib
 from kosmos_jax.data import feature_converters
 from kosmos_jax.data import preprocessors
 from kosmos_jax.models import config as config_lib
+
 
 def _write(model_dir: str, name: str, text: str) -> None:
   if jax.process_index() == 0:
@@ -71,6 +73,24 @@ def evaluation_fn(datasets: Sequence[dataset_lib.DatasetConfig], trainer: traine
   return run
 
 
+@dataclasses.dataclass
+class AbstractTrainStep:
+  """The train step lowered from shapes alone (`train(abstract_only=True)`)."""
+  lowered: Any          # jax.stages.Lowered
+  state: Any            # abstract TrainState (ShapeDtypeStructs with shardings)
+  batch: dict[str, jax.ShapeDtypeStruct]
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns. `summary` is JSON-ready: per-step `losses`, the last `eval` (and
+  `eval_start`), `final_step`, `preempted`; empty, with `abstract` set, for abstract_only."""
+  trainer: trainer_lib.Trainer
+  state: Optional[Any]
+  summary: dict[str, Any]
+  abstract: Optional[AbstractTrainStep] = None
+
+
 def train(*, model_dir: str, model: config_lib.KosmosConfig,
           train_dataset: dataset_lib.DatasetConfig,
           eval_datasets: Sequence[dataset_lib.DatasetConfig] = (),
@@ -80,8 +100,8 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
           init_checkpoint_dir: Optional[str] = None,
           inference_evals: Sequence[Any] = (),
           inference_eval_examples: int = 100,
-          abstract_only: bool = False) -> dict[str, Any]:
-  """Trains (or resumes) a Kosmos model; returns a summary with per-step losses and eval metrics.
+          abstract_only: bool = False) -> TrainResult:
+  """Trains (or resumes) a Kosmos model.
 
   Args:
     model_dir: run directory (checkpoints, metrics, configs).
@@ -89,11 +109,11 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
     train_dataset / eval_datasets: SeqIO mixture or task to train on / evaluate teacher-forced.
     mesh: device mesh sizes and the logical-axis rule preset.
     optimizer, trainer: see `optimizers.OptimizerConfig`, `trainer.TrainerConfig`.
-    init_checkpoint_dir: weights-only checkpoint (`kosmos_jax.checkpointing.params_io` format, e.g. converted
-      from Hugging Face) to start from when the run has no checkpoint of its own.
-    inference_evals: eval tasks (`kosmos_jax.evaluation.tasks`) run with decoding/scoring at every
-      eval, as names (validation split) or (name, split) pairs, on `inference_eval_examples`
-      examples each; e.g. [('shapes_eval_vqa', 'validation')].
+    init_checkpoint_dir: weights-only checkpoint (`checkpointing.params_io` format, e.g.
+      converted from Hugging Face) to start from when the run has no checkpoint of its own.
+    inference_evals: eval tasks (`kosmos_jax.evaluation.tasks`) run with decoding/scoring at
+      every eval, as names (`tasks.DEFAULT_SPLIT`) or (name, split) pairs, on
+      `inference_eval_examples` examples each; e.g. [('shapes_eval_vqa', 'validation')].
     abstract_only: build the mesh, shardings and train step from shapes alone and lower it (no
       parameters allocated, no data read): a quick "does it partition / fit" check on any host.
   """
@@ -101,34 +121,17 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
   device_mesh = partitioning.make_mesh(mesh)
   partitioning.check_batch_size(train_dataset.batch_size, device_mesh, trainer.num_microbatches)
   run_trainer = trainer_lib.Trainer(model, optimizer, trainer, device_mesh, mesh.rules)
-  gin_text = gin_utils.operative_config()
-  _write(model_dir, run_dir.CONFIG_GIN, gin_text)
-  _write(model_dir, run_dir.MODEL_CONFIG, json.dumps(config_lib.to_dict(model), indent=2))
-  layout = partitioning.describe(run_trainer.factory.shardings, run_trainer.factory.abstract,
-                                 device_mesh, mesh.rules)
-  _write(model_dir, run_dir.PARTITIONING, layout)
-  logging.info("%s", layout.split("per-array")[0])
+  gin_text = _write_run_files(model_dir, run_trainer, mesh.rules)
   if abstract_only:
-    return lower_abstract_train_step(run_trainer, train_dataset, model)
+    return TrainResult(run_trainer, None, {},
+                       lower_abstract_train_step(run_trainer, train_dataset, model))
 
   train_iter = dataset_lib.make_iterator(train_dataset, num_image_tokens=model.num_image_tokens,
                                          image_size=model.vision.image_size)
   checkpointer = checkpointer_lib.Checkpointer(model_dir, keep=trainer.keep_checkpoints,
-                                          keep_period=trainer.keep_period,
-                                          async_save=trainer.async_checkpoints)
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    logging.info("resuming from checkpoint step %d in %s", latest, checkpointer.directory)
-    state = checkpointer.restore(latest, run_trainer.factory.abstract_with_shardings(),
-                                 data_iterator=train_iter)
-  else:
-    state = run_trainer.init_state()
-    if init_checkpoint_dir:
-      params, loaded_config = params_io.load_params(
-          init_checkpoint_dir, target=run_trainer.factory.abstract_with_shardings().params)
-      logging.info("initialised params from %s (%s)", init_checkpoint_dir, loaded_config)
-      state = run_trainer.factory.with_params(state, params)
-
+                                               keep_period=trainer.keep_period,
+                                               async_save=trainer.async_checkpoints)
+  state = _restore_or_init(run_trainer, checkpointer, train_iter, init_checkpoint_dir)
   vocabulary = training_vocabulary(train_dataset)
   if jax.process_index() == 0 and hasattr(vocabulary, "sentencepiece_model_file"):
     run_dir.save_vocabulary(vocabulary, model_dir)   # so infer/eval find it
@@ -144,9 +147,46 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
       config_record=record, batch_shape=batch_shape, data_stats=preprocessors.record_counts)
   checkpointer.close()
   logger.close()
+  _write_summary(model_dir, summary)
+  return TrainResult(run_trainer, state, summary)
+
+
+def _write_run_files(model_dir: str, run_trainer: trainer_lib.Trainer, rules: str) -> str:
+  """config.gin, model_config.json and partitioning.txt; returns the operative gin text."""
+  gin_text = gin_utils.operative_config()
+  _write(model_dir, run_dir.CONFIG_GIN, gin_text)
+  _write(model_dir, run_dir.MODEL_CONFIG,
+         json.dumps(config_lib.to_dict(run_trainer.model_config), indent=2))
+  layout = partitioning.describe(run_trainer.factory.shardings, run_trainer.factory.abstract,
+                                 run_trainer.mesh, rules)
+  _write(model_dir, run_dir.PARTITIONING, layout)
+  logging.info("%s", layout.split("per-array")[0])
+  return gin_text
+
+
+def _restore_or_init(run_trainer: trainer_lib.Trainer, checkpointer, train_iter,
+                     init_checkpoint_dir: Optional[str]):
+  """The latest checkpoint of the run (state and data position), else fresh params (or those
+  of `init_checkpoint_dir`)."""
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    logging.info("resuming from checkpoint step %d in %s", latest, checkpointer.directory)
+    return checkpointer.restore(latest, run_trainer.factory.abstract_with_shardings(),
+                                data_iterator=train_iter)
+  state = run_trainer.init_state()
+  if init_checkpoint_dir:
+    params, loaded_config = params_io.load_params(
+        init_checkpoint_dir, target=run_trainer.factory.abstract_with_shardings().params)
+    logging.info("initialised params from %s (%s)", init_checkpoint_dir, loaded_config)
+    state = run_trainer.factory.with_params(state, params)
+  return state
+
+
+def _write_summary(model_dir: str, summary: dict[str, Any]) -> None:
+  """train_summary.json (eval watchers stop on it); a resumed run keeps its step-0 eval."""
   summary_path = os.path.join(model_dir, run_dir.TRAIN_SUMMARY)
   if "eval_start" not in summary and os.path.exists(summary_path):
-    with open(summary_path) as f:         # a resumed run keeps its step-0 eval
+    with open(summary_path) as f:
       previous = json.load(f).get("eval_start")
     if previous is not None:
       summary["eval_start"] = previous
@@ -154,20 +194,15 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
     with open(summary_path, "w") as f:
       json.dump({k: v for k, v in summary.items() if k != "losses"}
                 | {"losses": {str(k): v for k, v in summary["losses"].items()}}, f, indent=1)
-  summary["state"] = state
-  summary["trainer"] = run_trainer
-  return summary
 
 
 def lower_abstract_train_step(run_trainer: trainer_lib.Trainer,
                               dataset: dataset_lib.DatasetConfig,
-                              model: config_lib.KosmosConfig) -> dict[str, Any]:
-  """Lowers the train step on ShapeDtypeStructs (state and batch); returns a dict with the
-  Lowered step ("lowered"), the abstract "state" and "batch", and the "trainer"."""
+                              model: config_lib.KosmosConfig) -> AbstractTrainStep:
+  """Lowers the train step on ShapeDtypeStructs (state and batch) with the run's shardings."""
   mesh = run_trainer.mesh
   data = partitioning.data_sharding(mesh)
   v = model.vision
-
   batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=data)
            for name, (shape, dtype) in feature_converters.batch_shapes(
                dataset.batch_size, dataset.length, dataset.max_images, v.image_size,
@@ -176,7 +211,7 @@ def lower_abstract_train_step(run_trainer: trainer_lib.Trainer,
   rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
   with jax.set_mesh(mesh), nn.logical_axis_rules(run_trainer.rules):
     lowered = run_trainer._train_step.lower(state, batch, rng)  # pylint: disable=protected-access
-  return {"lowered": lowered, "state": state, "batch": batch, "trainer": run_trainer}
+  return AbstractTrainStep(lowered, state, batch)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ def run_dir(tmp_path_factory):
   gin.clear_config()
   gin_utils.parse(["experiments/shapes_tiny.gin"], OVERRIDES + [f"MODEL_DIR='{model_dir}'"])
   from kosmos_jax import train as train_script  # pylint: disable=g-import-not-at-top
-  summary = gin.get_configurable(train_script.train)()
+  result = gin.get_configurable(train_script.train)()
   gin.clear_config()
-  return model_dir, jax.device_get(summary["state"].params)
+  return model_dir, jax.device_get(result.state.params)
 
 
 def test_loads_a_training_run_with_its_vocabulary(run_dir):
@@ -143,3 +143,29 @@ def test_shapes_eval_tasks_are_registered_with_their_specs():
   assert all(e.prompt.startswith("<image>") and e.images.shape == (1, 32, 32, 3) for e in examples)
   vqa = evaluator.load_examples("shapes_eval_vqa", "heldout", limit=2)
   assert all(len(e.references) == 10 for e in vqa)
+
+
+def test_infer_sees_the_pixels_training_sees(tmp_path):
+  """No train/serve skew: one JPEG (odd size, so it is resized and cropped) through the training
+  pipeline (task decode + converter) and through infer's request building gives equal pixels."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kosmos_jax import infer  # pylint: disable=g-import-not-at-top
+  from kosmos_jax.data import pipeline, tasks  # pylint: disable=g-import-not-at-top
+  yy, xx = np.mgrid[0:61, 0:97]
+  photo = np.stack([xx * 2, yy * 4, (xx * yy) % 256], -1).astype(np.uint8)
+  path = tmp_path / "photo.jpg"
+  Image.fromarray(photo).save(path, quality=90)
+  record = tf.train.Example(features=tf.train.Features(feature={
+      "jpg": tf.train.Feature(bytes_list=tf.train.BytesList(value=[path.read_bytes()])),
+      "txt": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"a photo"]))}))
+  with tf.io.TFRecordWriter(str(tmp_path / "photo.tfrecord")) as writer:
+    writer.write(record.SerializeToString())
+  source = tasks.tfexample_source({"train": str(tmp_path / "photo.tfrecord")},
+                                  {"jpg": "bytes", "txt": "bytes"})
+  name = tasks.image_text_task("skew_check", source, synthetic.ShapesVocabulary(),
+                               image_key="jpg", text_key="txt", image_size=32)
+  batch = next(pipeline.make_iterator(name, batch_size=1, length=32, num_image_tokens=4,
+                                      image_size=32, max_images=1, shuffle=False))
+  served = infer.make_request(0, "an image of", [str(path)], 32)
+  assert served.prompt == "<image> an image of"
+  np.testing.assert_array_equal(batch["images"][0, 0], served.images[0])

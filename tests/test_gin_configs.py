@@ -81,14 +81,25 @@ def test_paper_experiment_lowers_abstractly(tmp_path):
   gin_utils.parse(["experiments/kosmos1_pretrain.gin"],
                   task_names + [f"MODEL_DIR='{tmp_path}'", "train_script.train.abstract_only=True"])
   from kosmos_jax import train as train_script
-  out = gin.get_configurable(train_script.train)()
-  state = out["state"]
+  result = gin.get_configurable(train_script.train)()
+  out = result.abstract
+  state = out.state
   n_params = sum(x.size for x in __import__("jax").tree_util.tree_leaves(state.params))
   assert n_params == 1_662_375_936
-  batch = out["batch"]["decoder_input_tokens"]
+  batch = out.batch["decoder_input_tokens"]
   assert batch.shape == (576, 2048)          # 1.18 M tokens per step
-  assert out["trainer"].model_config.dtype == "bfloat16"
-  text = out["lowered"].as_text()
+  assert result.trainer.model_config.dtype == "bfloat16"
+  text = out.lowered.as_text()
   assert "stablehlo" in text or "func.func" in text
   partitioning = (tmp_path / "partitioning.txt").read_text()
   assert "fsdp" in partitioning and "MiB per device" in partitioning
+
+
+def test_a_config_gin_saved_before_the_package_move_still_parses():
+  """Runs saved `from kosmos_jax import trainer` (etc.) before training/ existed; the thin
+  alias modules keep such config.gin files usable."""
+  fixture = os.path.join(os.path.dirname(__file__), "fixtures", "config_gin_before_packages.gin")
+  gin_utils.parse([fixture], [])
+  from kosmos_jax.training import trainer  # pylint: disable=g-import-not-at-top
+  config = gin.get_configurable(trainer.TrainerConfig)()
+  assert config.total_steps == 2 and config.log_every == 200

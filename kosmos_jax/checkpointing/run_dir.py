@@ -38,11 +38,6 @@ def read_model_config(directory: str) -> config_lib.KosmosConfig:
     return config_lib.from_dict(json.load(f))
 
 
-def write_model_config(directory: str, config: config_lib.KosmosConfig) -> None:
-  with open(os.path.join(directory, MODEL_CONFIG), "w") as f:
-    json.dump(config_lib.to_dict(config), f, indent=2)
-
-
 def save_vocabulary(vocab: KosmosVocabulary, directory: str) -> None:
   """Copies the SentencePiece model and the Kosmos id layout next to a run's checkpoints."""
   target = os.path.join(directory, VOCAB_DIR)

@@ -1,4 +1,4 @@
-"""Hugging Face Kosmos-2 <-> kosmos-jax: configs, weights, the CLI and `from_pretrained`.
+"""Hugging Face Kosmos-2 <-> kosmos-jax: configs, weights and the conversion CLI.
 
 Import: a `Kosmos2ForConditionalGeneration` directory (config.json + model.safetensors or a
 sharded index) becomes our `kosmos2_hf` preset with the sizes of its config.json, and our params.
@@ -10,15 +10,11 @@ Command line (absl flags):
   python -m kosmos_jax.convert.hf_kosmos2 --hf_dir=HF --output_dir=CKPT [--scan_layers=false]
       [--allow_pickle] [--param_dtype=bfloat16]
   python -m kosmos_jax.convert.hf_kosmos2 --direction=export --checkpoint_dir=CKPT --output_dir=HF
-The import writes the weights-only checkpoint of `kosmos_jax.checkpointing.params_io` (and copies tokenizer and
-processor files to CKPT/hf_assets); the export writes config.json, generation_config.json and
+The import writes the weights-only checkpoint of `kosmos_jax.checkpointing.params_io` (and
+copies tokenizer and processor files to CKPT/hf_assets); the export writes config.json, generation_config.json and
 safetensors (sharded above --max_shard_bytes), plus the copied assets if the checkpoint has them.
 
-Python, mirroring HF:
-  model = kosmos_jax.convert.hf_kosmos2.from_pretrained(DIR)
-  logits = model(input_ids=..., pixel_values=..., image_embeds_position_mask=...,
-                 attention_mask=...)
-  ids = model.generate(..., max_new_tokens=20)
+An HF-shaped Python API over the loaded weights is `kosmos_jax.inference.hf_compat`.
 """
 from __future__ import annotations
 
@@ -36,7 +32,6 @@ import numpy as np
 from kosmos_jax.checkpointing import params_io
 from kosmos_jax.convert import hf_clip
 from kosmos_jax.convert import mapping
-from kosmos_jax.convert import pretrained
 from kosmos_jax.convert import safetensors_io
 from kosmos_jax.models import config as config_lib
 from kosmos_jax.models import param_layout
@@ -312,31 +307,6 @@ def checkpoint_tokens(checkpoint_dir: str, config: config_lib.KosmosConfig) -> S
   assets = os.path.join(checkpoint_dir, params_io.ASSETS_DIR)
   return SpecialTokens(pad=config.text.pad_id).updated(
       safetensors_io.read_json(assets, "generation_config.json", required=False))
-
-
-def from_pretrained(path: str, *, scan_layers: bool = True, dtype: str = "float32",
-                    allow_pickle: bool = False, hf_positions: bool = True
-                    ) -> pretrained.KosmosForConditionalGeneration:
-  """Loads a HF Kosmos-2 directory, or a kosmos-jax checkpoint, behind an HF-like API.
-
-  Args:
-    path: a HF directory (config.json + safetensors) or a directory written by
-      `params_io.save_params` / this module's CLI (model_config.json + params/).
-    scan_layers: layer layout for a HF directory (a checkpoint keeps its own).
-    dtype: activation dtype ("float32" for exact parity with HF).
-    allow_pickle: accept pytorch_model.bin (read with torch.load(weights_only=True)).
-    hf_positions: reproduce HF's position ids during `generate` (see `pretrained`).
-  """
-  if os.path.exists(os.path.join(path, params_io.CONFIG_FILE)):
-    params, config = params_io.load_params(path)
-    config = dataclasses.replace(config, dtype=dtype)
-    tokens = checkpoint_tokens(path, config)
-  else:
-    params, config, tokens = load_hf_kosmos2(path, scan_layers=scan_layers, dtype=dtype,
-                                             allow_pickle=allow_pickle)
-  return pretrained.KosmosForConditionalGeneration(
-      params, config, eos_token_id=tokens.eos, pad_token_id=tokens.pad,
-      bos_token_id=tokens.bos, hf_positions=hf_positions)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -44,7 +44,7 @@ class Dense(nn.Module):
   in_dims: int = 1
   use_bias: bool = True
   init_kind: str = "torch"
-  bias_init: Optional[str] = None      # defaults to `init` ("torch" biases are uniform too)
+  bias_init: Optional[str] = None      # defaults to `init_kind` ("torch" biases are uniform too)
   gain: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kosmos_jax.convert import hf_kosmos2
+from kosmos_jax.inference import hf_compat
 
 LOGIT_TOL = 1e-4
 NEW_TOKENS = 20
@@ -20,7 +20,7 @@ def test_logits_and_greedy_generation_match_hf(name, hf_model_dir, kosmos2_batch
   hf_model, hf_dir = hf_model_dir(name)
   batch = kosmos2_batch(name)
   scan = kosmos2_specs[name]["scan_layers"]
-  model = hf_kosmos2.from_pretrained(hf_dir, scan_layers=scan)
+  model = hf_compat.from_pretrained(hf_dir, scan_layers=scan)
   assert model.config.scan_layers == scan
 
   expected = hf_forward(hf_model, batch)
@@ -46,7 +46,7 @@ def test_logits_and_greedy_generation_match_hf(name, hf_model_dir, kosmos2_batch
 def test_beam_search_and_no_repeat_ngram_match_hf(hf_args, hf_model_dir, kosmos2_batch):
   hf_model, hf_dir = hf_model_dir("a")
   batch = kosmos2_batch("a")
-  model = hf_kosmos2.from_pretrained(hf_dir)
+  model = hf_compat.from_pretrained(hf_dir)
   with torch.no_grad():
     hf_ids = hf_model.generate(**{k: torch.from_numpy(v) for k, v in batch.items()},
                                max_new_tokens=8, do_sample=False,
@@ -57,7 +57,7 @@ def test_beam_search_and_no_repeat_ngram_match_hf(hf_args, hf_model_dir, kosmos2
 def test_sampling_is_seeded_and_top_k_1_is_greedy(hf_model_dir, kosmos2_batch):
   _, hf_dir = hf_model_dir("a")
   batch = kosmos2_batch("a")
-  model = hf_kosmos2.from_pretrained(hf_dir)
+  model = hf_compat.from_pretrained(hf_dir)
   sample = lambda seed, **kw: model.generate(**batch, max_new_tokens=8, do_sample=True,
                                              seed=seed, **kw)
   np.testing.assert_array_equal(sample(0, temperature=2.0), sample(0, temperature=2.0))

@@ -11,6 +11,7 @@ import transformers
 
 from kosmos_jax.checkpointing import params_io
 from kosmos_jax.convert import hf_kosmos2
+from kosmos_jax.inference import hf_compat
 from kosmos_jax.convert import safetensors_io
 from kosmos_jax.models import config as config_lib
 from kosmos_jax.models import kosmos
@@ -90,7 +91,7 @@ def test_cli_import_then_export_round_trips(hf_model_dir, hf_state_dict, hf_forw
   assert config.text.num_heads == 6 and config.connector.num_latents == 4
   assert os.path.exists(os.path.join(ckpt, params_io.ASSETS_DIR, "generation_config.json"))
   batch = kosmos2_batch("b")
-  logits = hf_kosmos2.from_pretrained(ckpt)(**batch)          # the API also takes a checkpoint
+  logits = hf_compat.from_pretrained(ckpt)(**batch)          # the API also takes a checkpoint
   real = batch["attention_mask"].astype(bool)
   assert np.abs(logits - hf_forward(hf_model, batch))[real].max() <= 1e-4
 

@@ -42,7 +42,8 @@ def run_training(model_dir, extra=()):
 
 
 def test_preempted_and_resumed_training_equals_straight_training(tmp_path, monkeypatch):
-  straight = run_training(tmp_path / "straight")
+  straight_result = run_training(tmp_path / "straight")
+  straight, straight_state = straight_result.summary, straight_result.state
 
   real_make_iterator = dataset_config.make_iterator
 
@@ -69,18 +70,19 @@ def test_preempted_and_resumed_training_equals_straight_training(tmp_path, monke
 
   monkeypatch.setattr(dataset_config, "make_iterator",
                       lambda *a, **k: SigtermAfter(real_make_iterator(*a, **k), at=2))
-  first = run_training(tmp_path / "resumed")
+  first = run_training(tmp_path / "resumed").summary
   assert first["preempted"] and first["final_step"] == 2
   monkeypatch.setattr(dataset_config, "make_iterator", real_make_iterator)
-  second = run_training(tmp_path / "resumed")
+  second_result = run_training(tmp_path / "resumed")
+  second, second_state = second_result.summary, second_result.state
   assert second["final_step"] == STEPS and not second["preempted"]
 
   losses = {**first["losses"], **second["losses"]}
   assert sorted(losses) == list(range(1, STEPS + 1))
   for step in range(1, STEPS + 1):
     assert losses[step] == straight["losses"][step], step
-  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(straight["state"].params)),
-                  jax.tree_util.tree_leaves(jax.device_get(second["state"].params))):
+  for a, b in zip(jax.tree_util.tree_leaves(jax.device_get(straight_state.params)),
+                  jax.tree_util.tree_leaves(jax.device_get(second_state.params))):
     np.testing.assert_array_equal(a, b)
   # metrics.jsonl has one object per logged step, with `step`.
   records = [json.loads(line) for line in open(tmp_path / "straight" / "metrics.jsonl")]

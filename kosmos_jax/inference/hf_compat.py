@@ -1,4 +1,8 @@
-"""An HF-shaped front end to a kosmos-jax model, for migrating Kosmos-2 code.
+"""An HF-shaped front end to a kosmos-jax model, for migrating Kosmos-2 code:
+
+  model = hf_compat.from_pretrained("kosmos-2-patch14-224")    # HF dir or kosmos-jax checkpoint
+  logits = model(input_ids=..., pixel_values=..., image_embeds_position_mask=..., attention_mask=...)
+  ids = model.generate(..., max_new_tokens=20)
 
 `KosmosForConditionalGeneration` takes the arguments of HF's class of the same name, as numpy:
   input_ids                   [batch, length] int
@@ -19,13 +23,17 @@ that attention_mask marks as real gets a zero position embedding in HF and a nor
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kosmos_jax.checkpointing import params_io
+from kosmos_jax.convert import hf_kosmos2
 from kosmos_jax.inference import decoding
 from kosmos_jax.models import config as config_lib
 from kosmos_jax.models import decoder
@@ -154,3 +162,28 @@ class KosmosForConditionalGeneration:
         rng=jax.random.key(seed) if config.strategy == "sample" else None)
     length = np.asarray(input_ids).shape[1] + int(out.num_generated)
     return np.asarray(out.sequences)[:, :length].astype(np.asarray(input_ids).dtype)
+
+
+def from_pretrained(path: str, *, scan_layers: bool = True, dtype: str = "float32",
+                    allow_pickle: bool = False, hf_positions: bool = True
+                    ) -> KosmosForConditionalGeneration:
+  """Loads a HF Kosmos-2 directory, or a kosmos-jax checkpoint, behind an HF-like API.
+
+  Args:
+    path: a HF directory (config.json + safetensors) or a directory written by
+      `params_io.save_params` / this module's CLI (model_config.json + params/).
+    scan_layers: layer layout for a HF directory (a checkpoint keeps its own).
+    dtype: activation dtype ("float32" for exact parity with HF).
+    allow_pickle: accept pytorch_model.bin (read with torch.load(weights_only=True)).
+    hf_positions: reproduce HF's position ids during `generate` (see this module's docstring).
+  """
+  if os.path.exists(os.path.join(path, params_io.CONFIG_FILE)):
+    params, config = params_io.load_params(path)
+    config = dataclasses.replace(config, dtype=dtype)
+    tokens = hf_kosmos2.checkpoint_tokens(path, config)
+  else:
+    params, config, tokens = hf_kosmos2.load_hf_kosmos2(path, scan_layers=scan_layers, dtype=dtype,
+                                             allow_pickle=allow_pickle)
+  return KosmosForConditionalGeneration(
+      params, config, eos_token_id=tokens.eos, pad_token_id=tokens.pad,
+      bos_token_id=tokens.bos, hf_positions=hf_positions)
