@@ -13,19 +13,23 @@ import shutil
 import time
 from typing import Any, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import gin
 import jax
 
+from kosmos_jax import cli
 from kosmos_jax import gin_utils
+from kosmos_jax import paths
+from kosmos_jax.data import synthetic
+from kosmos_jax.evaluation import report_html
 from kosmos_jax.checkpointing import run_dir as run_dir_lib
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", "demo_run", "run directory")
 _FRESH = flags.DEFINE_bool("fresh", False, "delete model_dir first")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "override TRAIN_STEPS of the experiment")
 _GIN_FILE = flags.DEFINE_string("experiment", "experiments/shapes_tiny.gin", "experiment gin")
+REPORT_HTML = "report.html"
 _EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 700, "held-out examples per eval task")
 
 
@@ -90,8 +94,20 @@ def run(model_dir: str, experiment: str, train_steps: Optional[int], eval_exampl
                  "eval": summary.get("eval", {}),
                  "generation": generation["metrics"]},
                 f, indent=1)
-  print(report, flush=True)
+    report_html.write(os.path.join(model_dir, REPORT_HTML),
+                      "kosmos-jax demo: held-out shapes evals", generation["results"])
+  print(report + "\n" + next_steps(model_dir), flush=True)
   return {"summary": summary, "generation": generation, "report": report}
+
+
+def next_steps(model_dir: str) -> str:
+  """Where the HTML report is and how to ask the trained model about one's own image."""
+  shown = os.path.relpath(model_dir) if not os.path.relpath(model_dir).startswith("..") \
+      else model_dir
+  return (f"\nreport with every held-out example: {os.path.join(shown, REPORT_HTML)}\n"
+          "ask the trained model about your own image (it knows 32 px coloured shapes):\n"
+          f"  python -m kosmos_jax.infer --checkpoint={shown} --image=YOUR_IMAGE.png "
+          f"--prompt=\"{synthetic.CAPTION_PROMPT}\"")
 
 
 def use_all_cpu_cores() -> None:
@@ -109,9 +125,9 @@ def main(argv: Sequence[str]) -> None:
   if _FRESH.value and os.path.exists(_MODEL_DIR.value):
     shutil.rmtree(_MODEL_DIR.value)
   logging.set_verbosity(logging.WARNING)
-  run(os.path.abspath(_MODEL_DIR.value), _GIN_FILE.value, _TRAIN_STEPS.value,
+  run(paths.resolve(_MODEL_DIR.value), _GIN_FILE.value, _TRAIN_STEPS.value,
       _EVAL_EXAMPLES.value, gin_utils.GIN_BINDINGS.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -23,6 +23,7 @@ import jax
 
 from kosmos_jax.evaluation import evaluator
 from kosmos_jax import gin_utils
+from kosmos_jax import paths
 from kosmos_jax.checkpointing import checkpointer
 from kosmos_jax.checkpointing import run_dir as run_dir_lib
 from kosmos_jax.inference import model_loading
@@ -77,6 +78,11 @@ def evaluate(*, checkpoint: str, tasks: Sequence[Any], output_dir: str,
   """
   for module in imports:
     importlib.import_module(module)
+  checkpoint, output_dir = paths.resolve(checkpoint), paths.resolve(output_dir)
+  vocab_file = paths.resolve(vocab_file)
+  if not os.path.isdir(checkpoint):
+    raise FileNotFoundError(f"CHECKPOINT_DIR {checkpoint!r} is not a directory; set "
+                            "--gin.CHECKPOINT_DIR=\"'path/to/run'\"")
   os.makedirs(output_dir, exist_ok=True)
   writer = metric_writers.create_default_writer(output_dir,
                                                 just_logging=jax.process_index() > 0)

@@ -7,16 +7,19 @@ directory, then in `--gin_search_paths`, then in the project's `gin/` folder.
 """
 from __future__ import annotations
 
+import difflib
+import glob
 import importlib
 import logging
 import os
+import re
 import sys
 from typing import Sequence
 
-from absl import app
 from absl import flags
 import gin
 
+from kosmos_jax import cli
 from kosmos_jax import paths
 
 
@@ -62,9 +65,28 @@ def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return rest, bindings
 
 
+def _one_line(error: Exception) -> str:
+  return " ".join(str(error).split())
+
+
+_REQUIRED = re.compile(r"(\w+)/macro\.value set to `%gin\.REQUIRED`")
+
+
+def _finalize() -> None:
+  try:
+    gin.finalize()
+  except ValueError as e:
+    missing = _REQUIRED.search(str(e))
+    if not missing:
+      raise
+    name = missing.group(1)
+    raise ValueError(f"gin macro {name} is required but not set: pass --gin.{name}=VALUE "
+                     f"(strings in inner quotes, e.g. --gin.{name}=\"'runs/my_run'\")") from e
+
+
 def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = (),
           finalize: bool = True) -> None:
-  """Parses gin files and bindings; errors name the file (or binding) that failed."""
+  """Parses gin files and bindings; errors are one line naming the file, binding or macro."""
   for path in list(search_paths) + [PACKAGE_GIN_DIR]:
     gin.add_config_file_search_path(path)
   resolved = [_resolve(f, list(search_paths) + [PACKAGE_GIN_DIR]) for f in files]
@@ -72,24 +94,32 @@ def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[
     try:
       gin.parse_config_file(path, skip_unknown=False)
     except Exception as e:  # gin raises several types; re-raise with the file named
-      raise ValueError(f"gin file {path}: {type(e).__name__}: {e}") from e
+      raise ValueError(f"gin file {path}: {type(e).__name__}: {_one_line(e)}") from e
   for binding in bindings:
     try:
       gin.parse_config(binding)
     except Exception as e:
-      raise ValueError(f"gin binding {binding!r}: {type(e).__name__}: {e}") from e
+      hint = ""
+      if isinstance(e, SyntaxError) or "Failed to parse" in str(e):
+        name, _, value = binding.partition("=")
+        hint = (f" (a string value needs inner quotes: --gin.{name.strip()}=\"'{value.strip()}'\")")
+      raise ValueError(f"gin binding {binding!r}: {_one_line(e)}{hint}") from e
   if finalize:
-    gin.finalize()
+    _finalize()
 
 
 def _resolve(path: str, search_paths: Sequence[str]) -> str:
-  if os.path.exists(path):
-    return path
+  if os.path.exists(paths.resolve(path)):
+    return paths.resolve(path)
   for folder in search_paths:
     candidate = os.path.join(folder, path)
     if os.path.exists(candidate):
       return candidate
-  raise FileNotFoundError(f"gin file {path!r} not found here or in {list(search_paths)}")
+  known = [os.path.relpath(f, PACKAGE_GIN_DIR)
+           for f in glob.glob(os.path.join(PACKAGE_GIN_DIR, "**", "*.gin"), recursive=True)]
+  close = difflib.get_close_matches(path, known, n=3, cutoff=0.5)
+  hint = f"; did you mean {', '.join(close)}?" if close else f"; shipped files: {sorted(known)}"
+  raise FileNotFoundError(f"gin file {path!r} not found here or in {list(search_paths)}{hint}")
 
 
 def parse_from_flags(extra_bindings: Sequence[str] = ()) -> None:
@@ -106,10 +136,13 @@ def run_entry_point(module: str, function: str) -> None:
 
   The function is looked up in the imported `module` (the gin files bind that module; when the
   entry point runs as __main__ it is a different module object)."""
-  argv, bindings = split_gin_overrides(sys.argv)
-
   def main(unused_argv):
     maybe_initialize_distributed()
     parse_from_flags(bindings)
     gin.get_configurable(getattr(importlib.import_module(module), function))()
-  app.run(main, argv=argv)
+  try:
+    argv, bindings = split_gin_overrides(sys.argv)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(cli.USER_ERROR_EXIT)
+  cli.run(main, argv=argv)

@@ -18,7 +18,6 @@ from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
-import seqio
 
 from kosmos_jax.checkpointing import checkpointer as checkpointer_lib
 from kosmos_jax.checkpointing import params_io
@@ -27,10 +26,12 @@ from kosmos_jax.evaluation import evaluator
 from kosmos_jax.evaluation import tasks as eval_tasks
 from kosmos_jax.inference import runner as runner_lib
 from kosmos_jax import gin_utils
+from kosmos_jax import paths
 from kosmos_jax.training import metric_writers as metrics_lib
 from kosmos_jax.training import optimizers
 from kosmos_jax.training import partitioning
 from kosmos_jax.training import trainer as trainer_lib
+from kosmos_jax.data import pipeline
 from kosmos_jax.data import dataset_config as dataset_lib
 from kosmos_jax.data import feature_converters
 from kosmos_jax.data import preprocessors
@@ -45,7 +46,7 @@ def _write(model_dir: str, name: str, text: str) -> None:
 
 def training_vocabulary(dataset: dataset_lib.DatasetConfig):
   """The vocabulary of the training mixture/task's `targets`."""
-  provider = seqio.get_mixture_or_task(dataset.mixture_or_task_name)
+  provider = pipeline.get_mixture_or_task(dataset.mixture_or_task_name)
   return provider.output_features["targets"].vocabulary
 
 
@@ -117,7 +118,9 @@ def train(*, model_dir: str, model: config_lib.KosmosConfig,
     abstract_only: build the mesh, shardings and train step from shapes alone and lower it (no
       parameters allocated, no data read): a quick "does it partition / fit" check on any host.
   """
-  os.makedirs(model_dir, exist_ok=True)
+  model_dir = paths.resolve(model_dir)
+  init_checkpoint_dir = paths.resolve(init_checkpoint_dir)
+  run_dir.check_writable(model_dir)
   device_mesh = partitioning.make_mesh(mesh)
   partitioning.check_batch_size(train_dataset.batch_size, device_mesh, trainer.num_microbatches)
   run_trainer = trainer_lib.Trainer(model, optimizer, trainer, device_mesh, mesh.rules)

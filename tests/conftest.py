@@ -11,9 +11,9 @@ import pytest  # noqa: E402
 
 # Compile time dominates tiny-model tests on 2 cores; these keep numerics, skip heavy passes.
 jax.config.update("jax_disable_most_optimizations", True)
-_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "jax")
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# No persistent compilation cache: on XLA:CPU, loading the cached microbatch train step aborts
+# the process at random (seen with jax 0.10.2 on this code before and after the package move),
+# and CI starts from a fresh clone, where the cache saves nothing.
 
 
 def pytest_addoption(parser):

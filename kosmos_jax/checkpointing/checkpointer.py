@@ -19,6 +19,7 @@ from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from kosmos_jax import paths
 from kosmos_jax.checkpointing import run_dir
 
 
@@ -65,7 +66,7 @@ class Checkpointer:
   def __init__(self, model_dir: str, *, keep: int = 3, keep_period: Optional[int] = None,
                async_save: bool = True, read_only: bool = False):
     """read_only: for readers of a run (inference, eval watchers): nothing is created."""
-    self.directory = epath.Path(model_dir) / run_dir.CHECKPOINTS
+    self.directory = epath.Path(paths.resolve(model_dir)) / run_dir.CHECKPOINTS
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_period, enable_async_checkpointing=async_save,
         create=not read_only, read_only=read_only)

@@ -15,6 +15,7 @@ import os
 import shutil
 from typing import Optional
 
+from kosmos_jax import paths
 from kosmos_jax.checkpointing import params_io
 from kosmos_jax.data.vocab import KosmosVocabulary
 from kosmos_jax.models import config as config_lib
@@ -27,6 +28,22 @@ METRICS = "metrics.jsonl"
 TRAIN_SUMMARY = "train_summary.json"
 VOCAB_DIR = "vocab"
 VOCAB_SPEC = "vocabulary.json"
+
+
+def check_writable(directory: str) -> None:
+  """Creates `directory` and writes a probe file, before any compute is spent on a run that
+  could not save (a remote URI is left to its file system)."""
+  if paths.is_remote(directory):
+    return
+  probe = os.path.join(directory, ".write_check")
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"MODEL_DIR {directory!r} cannot be written ({e.strerror}); choose "
+                          "another --gin.MODEL_DIR or fix its permissions") from None
 
 
 def is_training_run(directory: str) -> bool:

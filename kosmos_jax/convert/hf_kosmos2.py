@@ -29,6 +29,8 @@ from absl import flags
 import jax
 import numpy as np
 
+from kosmos_jax import cli
+from kosmos_jax import paths
 from kosmos_jax.checkpointing import params_io
 from kosmos_jax.convert import hf_clip
 from kosmos_jax.convert import mapping
@@ -339,6 +341,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def convert(fv: flags.FlagValues) -> str:
   """Runs one conversion described by parsed flags; returns a one-line summary."""
+  for name in ("hf_dir", "checkpoint_dir", "output_dir"):
+    setattr(fv, name, paths.resolve(getattr(fv, name)))
   if fv.direction == "import":
     if not fv.hf_dir:
       raise app.UsageError("--direction=import needs --hf_dir")
@@ -384,4 +388,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

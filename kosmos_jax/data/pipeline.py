@@ -11,9 +11,10 @@ shuffling, mixing and packing); the same seed gives the same batches.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
-from typing import Optional
+from typing import Optional, Union
 
 import gin
 import numpy as np
@@ -22,6 +23,18 @@ import tensorflow as tf
 
 from kosmos_jax.data import preprocessors
 from kosmos_jax.data.feature_converters import KosmosFeatureConverter, task_feature_lengths
+
+
+def get_mixture_or_task(name: str) -> Union[seqio.Task, seqio.Mixture]:
+  """The registered SeqIO task or mixture `name`; an unknown name is an error listing the
+  closest registered names."""
+  names = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+  if name not in names:
+    close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.4)
+    hint = f"closest registered: {', '.join(close)}" if close else f"{len(names)} are registered"
+    raise ValueError(f"no SeqIO task or mixture named {name!r} ({hint}); register it from gin "
+                     "(e.g. image_text_task.name) or import the module that does")
+  return seqio.get_mixture_or_task(name)
 
 
 @gin.configurable
@@ -39,7 +52,7 @@ def get_dataset(mixture_or_task_name: str, *, batch_size: int, length: int,
     raise ValueError(f"batch_size={batch_size} must be >= 1")
   if not 0 <= shard_index < num_shards:
     raise ValueError(f"shard_index={shard_index} must be in [0, num_shards={num_shards})")
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  provider = get_mixture_or_task(mixture_or_task_name)
   vocabulary = provider.output_features["targets"].vocabulary
   # The converter sets static shapes on every model feature, so seqio's run-time length
   # assertions would only repeat them.

@@ -26,6 +26,9 @@ from sentencepiece import sentencepiece_model_pb2
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from kosmos_jax import cli
+from kosmos_jax import paths
+
 FAIRSEQ_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")   # ids 0..3
 FAIRSEQ_OFFSET = 1                                     # fairseq id = spm id + 1 for real pieces
 MASK_TOKEN = "<mask>"
@@ -440,7 +443,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def train_from_flags(fv: flags.FlagValues) -> str:
   """Runs `train` as the parsed flags describe; returns the one-line summary."""
   model = train_sentencepiece(
-      [f for f in fv.input if f], fv.vocab_size, fv.output, model_type=fv.model_type,
+      [paths.resolve(f) for f in fv.input if f], fv.vocab_size, paths.resolve(fv.output), model_type=fv.model_type,
       character_coverage=fv.character_coverage, hard_vocab_limit=not fv.soft_vocab_limit,
       input_sentence_size=fv.input_sentence_size, seed=fv.seed)
   vocab = KosmosVocabulary(model, grounding_tokens=fv.grounding_tokens)
@@ -471,4 +474,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

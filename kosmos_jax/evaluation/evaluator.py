@@ -12,9 +12,10 @@ import time
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
-import seqio
 
+from kosmos_jax.data import pipeline
 from kosmos_jax.data import prompts as prompts_lib
+from kosmos_jax.evaluation import metrics as metrics_lib
 from kosmos_jax.evaluation import tasks as eval_tasks
 from kosmos_jax.inference import decoding
 from kosmos_jax.inference import runner as runner_lib
@@ -27,6 +28,8 @@ class EvalExample(runner_lib.Example):
   label: int = -1
   prediction: str = ""
   scores: Optional[list[float]] = None
+  # This example's score under each of the task's metrics (`metrics.per_example_scores`).
+  example_scores: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -45,7 +48,7 @@ def _text(value) -> str:
 
 def load_examples(task_name: str, split: str, limit: Optional[int] = None) -> list[EvalExample]:
   """The first `limit` examples of a split, in order, as python objects."""
-  task = seqio.get_mixture_or_task(task_name)
+  task = pipeline.get_mixture_or_task(task_name)
   ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
                         try_in_mem_cache=False)
   if limit is not None:
@@ -127,15 +130,18 @@ def run_task(runner: runner_lib.Runner, task_name: str, *, split: str = eval_tas
     predictions = _generate(runner, examples, queries, spec)
     for e, p in zip(examples, predictions):
       e.prediction = p
-    for fn in eval_tasks.task_metric_fns(task_name):
-      metrics.update(fn([e.references for e in examples], predictions))
+    targets, outputs = [e.references for e in examples], predictions
   else:
     scores = runner.score(queries, spec.score_normalization)
     for e, s in zip(examples, scores):
       e.scores = s
       e.prediction = e.candidates[int(np.argmax(s))]
-    for fn in eval_tasks.task_metric_fns(task_name):
-      metrics.update(fn([e.label for e in examples], scores))
+    targets, outputs = [e.label for e in examples], scores
+  metric_fns = eval_tasks.task_metric_fns(task_name)
+  for fn in metric_fns:
+    metrics.update(fn(targets, outputs))
+  for e, row in zip(examples, metrics_lib.per_example_scores(metric_fns, targets, outputs)):
+    e.example_scores = row
   for e, q in zip(examples, queries):
     e.prompt, e.images = q.prompt, q.images    # what the model saw (for reports)
   return TaskResult(task_name, split, metrics, examples, time.time() - start, k_shot)

@@ -229,6 +229,18 @@ def coco_caption_metrics(targets: Sequence[Sequence[str]], predictions: Sequence
   return out
 
 
+def cider_per_example(targets: Sequence[Sequence[str]], predictions: Sequence[str]
+                      ) -> list[float]:
+  """Each prediction's CIDEr-D (x100) within the corpus: the terms whose mean is `cider`."""
+  _check_lengths(targets, predictions)
+  tokens = ptb_tokenize({**{("ref", i): list(r) for i, r in enumerate(targets)},
+                         **{("hyp", i): [p] for i, p in enumerate(predictions)}})
+  from pycocoevalcap.cider.cider import Cider  # pylint: disable=g-import-not-at-top
+  _, scores = Cider().compute_score({i: tokens[("ref", i)] for i in range(len(targets))},
+                                    {i: tokens[("hyp", i)] for i in range(len(predictions))})
+  return [100.0 * float(s) for s in scores]
+
+
 def cider(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
   """SeqIO metric: CIDEr-D x100 only."""
   return coco_caption_metrics(targets, predictions, metrics=("cider",))
@@ -342,3 +354,33 @@ def _check_lengths(targets: Sequence[Any], predictions: Sequence[Any]) -> None:
                      "pair up one to one")
   if not len(targets):
     raise ValueError("no examples to evaluate")
+
+
+# ----------------------------------------------------------------------------- per example
+
+def per_example_scores(metric_fns: Sequence[Any], targets: Sequence[Any],
+                       outputs: Sequence[Any]) -> list[dict[str, float]]:
+  """Per example, the score each metric gives it on its own scale, for reports: "vqa" (0-1,
+  the official per-question accuracy), "cider" (x100), "exact" (0/1 against the references),
+  "correct" (0/1: the top-scored candidate is the label). `outputs` are predictions
+  (generate) or per-candidate scores (score)."""
+  rows: list[dict[str, float]] = [{} for _ in targets]
+  for fn in metric_fns:
+    if fn is vqa_accuracy:
+      columns = {"vqa": [vqa_score(p, refs) for refs, p in zip(targets, outputs)]}
+    elif fn in (coco_caption_metrics, cider):
+      columns = {"cider": cider_per_example(targets, outputs)}
+    elif fn in (first_reference_accuracy, accuracy, bleu_4):
+      columns = {}
+    elif fn in (rank_accuracy, binary_choice_auc):
+      columns = {"correct": [float(int(np.argmax(s)) == int(t)) for t, s in zip(targets, outputs)]}
+    else:
+      continue
+    for name, values in columns.items():
+      for row, value in zip(rows, values):
+        row[name] = float(value)
+  if outputs and isinstance(outputs[0], str):
+    for row, refs, p in zip(rows, targets, outputs):
+      refs = [refs] if isinstance(refs, str) else refs
+      row["exact"] = float(p.strip() in [r.strip() for r in refs])
+  return rows

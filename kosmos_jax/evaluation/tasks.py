@@ -18,6 +18,7 @@ task; optional two-stage prompting (multimodal chain of thought) first generates
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -88,9 +89,10 @@ _SPECS: dict[str, EvalSpec] = {}
 
 def get_spec(task_name: str) -> EvalSpec:
   if task_name not in _SPECS:
-    raise ValueError(f"{task_name!r} is not a registered eval task; registered: "
-                     f"{sorted(_SPECS)} (import kosmos_jax.evaluation.tasks and the module that "
-                     "registers yours)")
+    close = difflib.get_close_matches(str(task_name), list(_SPECS), n=5, cutoff=0.4)
+    hint = f"closest: {', '.join(close)}" if close else f"registered: {sorted(_SPECS)}"
+    raise ValueError(f"{task_name!r} is not a registered eval task ({hint}); import the module "
+                     "that registers yours (eval's `imports`) or include its gin file")
   return _SPECS[task_name]
 
 

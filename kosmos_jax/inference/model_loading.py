@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import jax
 
+from kosmos_jax import paths
 from kosmos_jax.checkpointing import checkpointer
 from kosmos_jax.checkpointing import params_io
 from kosmos_jax.checkpointing import run_dir as run_dir_lib
@@ -40,8 +41,10 @@ def _restore_run_params(run_dir: str) -> tuple[Any, config_lib.KosmosConfig]:
 
 def load_for_inference(path: str, vocab: Optional[KosmosVocabulary] = None):
   """Returns (model, params, config, vocabulary, description)."""
+  path = paths.resolve(path)
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"--checkpoint {path!r} is not a directory")
+    raise FileNotFoundError(f"checkpoint {path!r} is not a directory: give a training run "
+                            "dir, a weights-only checkpoint or a Hugging Face Kosmos-2 dir")
   if run_dir_lib.is_training_run(path):
     params, config = _restore_run_params(path)
     kind = "training run"

@@ -150,3 +150,27 @@ def test_checkpoint_from_8_devices_restores_on_4(tmp_path):
       "q_proj"]["kernel"].spec
   assert kernel.sharding.spec != state.params["text"]["layers"]["self_attn"]["q_proj"][
       "kernel"].sharding.spec
+
+
+def test_a_relative_model_dir_trains_checkpoints_resumes_and_serves(tmp_path, monkeypatch):
+  """MODEL_DIR='run' (relative, as a new user writes it): the first checkpoint saves, a rerun
+  resumes from it, and eval / inference load the run by the same relative path."""
+  monkeypatch.chdir(tmp_path)
+  first = run_training("run", [f"TRAIN_STEPS={STEPS // 2}"]).summary
+  assert first["final_step"] == STEPS // 2
+  second = run_training("run").summary
+  assert min(second["losses"]) == STEPS // 2 + 1 and second["final_step"] == STEPS
+  from kosmos_jax.inference import model_loading  # pylint: disable=g-import-not-at-top
+  _, _, _, _, what = model_loading.load_for_inference("run")
+  assert what == f"training run {tmp_path / 'run'}"
+  from kosmos_jax import eval as eval_script  # pylint: disable=g-import-not-at-top
+  done = eval_script.evaluate(checkpoint="run", output_dir="run/eval", num_examples=4,
+                              batch_size=4, tasks=[("shapes_eval_vqa", "test")])
+  assert list(done) == [STEPS] and (tmp_path / "run" / "eval" / "report_6.html").exists()
+
+
+def test_an_unwritable_model_dir_fails_before_any_step(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(PermissionError, match=r"MODEL_DIR .*file/run.* cannot be written"):
+    run_training(str(blocker / "run"))

@@ -1,0 +1,61 @@
+"""What every command line shares: a user's mistake is one clear line on stderr and exit
+status 2 (no traceback unless `--verbosity=1` or KOSMOS_JAX_TRACEBACK=1), and library INFO
+chatter (Orbax, absl, TensorFlow) stays out of the console unless `--verbosity` asks for it."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+from absl import app
+from absl import flags
+
+TRACEBACK_ENV = "KOSMOS_JAX_TRACEBACK"
+USER_ERROR_EXIT = 2
+# Exceptions a user's input causes (bad config, bad path, bad data); anything else is a bug and
+# keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+               PermissionError, KeyError)
+
+
+class UserError(ValueError):
+  """A mistake the user can fix; the message says what, where and how."""
+
+
+def _verbose() -> bool:
+  if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+    return True
+  return flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present and \
+      flags.FLAGS.verbosity >= 1
+
+
+def quiet_libraries() -> None:
+  """Library loggers to WARNING unless --verbosity was given."""
+  if flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present:
+    return
+  for name in ("absl", "orbax", "tensorflow", "jax._src.xla_bridge"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+  logging.getLogger().setLevel(logging.WARNING)
+
+
+def message(error: BaseException) -> str:
+  if isinstance(error, KeyError) and error.args:
+    return str(error.args[0])
+  return str(error).strip() or type(error).__name__
+
+
+def run(main: Callable[[Sequence[str]], Optional[int]], argv: Optional[Sequence[str]] = None
+        ) -> None:
+  """`absl.app.run(main)` with user errors reported as one line."""
+  def guarded(args):
+    quiet_libraries()
+    try:
+      return main(args)
+    except USER_ERRORS as e:
+      if _verbose():
+        raise
+      print(f"error: {message(e)}", file=sys.stderr)
+      print(f"(set {TRACEBACK_ENV}=1 or pass --verbosity=1 for the traceback)", file=sys.stderr)
+      sys.exit(USER_ERROR_EXIT)
+  app.run(guarded, argv=argv)
