@@ -30,13 +30,23 @@ def _verbose() -> bool:
       flags.FLAGS.verbosity >= 1
 
 
+class _DropAdvice(logging.Filter):
+  """SeqIO's advice to cache in-memory (FunctionDataSource) tasks, logged once per task and
+  source: the built-in shapes tasks are generated, not read, so it does not apply to them."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Using an uncached FunctionDataset")
+
+
 def quiet_libraries() -> None:
-  """Library loggers to WARNING unless --verbosity was given."""
+  """Library loggers to WARNING (and SeqIO's caching advice off) unless --verbosity was given."""
   if flags.FLAGS.is_parsed() and flags.FLAGS["verbosity"].present:
     return
   for name in ("absl", "orbax", "tensorflow", "jax._src.xla_bridge"):
     logging.getLogger(name).setLevel(logging.WARNING)
   logging.getLogger().setLevel(logging.WARNING)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(_DropAdvice())
 
 
 def message(error: BaseException) -> str:
