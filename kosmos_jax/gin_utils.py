@@ -80,7 +80,8 @@ def _finalize() -> None:
     if not missing:
       raise
     name = missing.group(1)
-    raise ValueError(f"gin macro {name} is required but not set: pass --gin.{name}=VALUE "
+    raise ValueError(f"gin macro {name} is required (%gin.REQUIRED) but not set: pass "
+                     f"--gin.{name}=VALUE "
                      f"(strings in inner quotes, e.g. --gin.{name}=\"'runs/my_run'\")") from e
 
 

@@ -2,6 +2,8 @@
 builds and lowers its train step from shapes alone (no 1.6 B parameters allocated)."""
 import glob
 import os
+import subprocess
+import sys
 
 import gin
 import pytest
@@ -99,7 +101,12 @@ def test_a_config_gin_saved_before_the_package_move_still_parses():
   """Runs saved `from kosmos_jax import trainer` (etc.) before training/ existed; the thin
   alias modules keep such config.gin files usable."""
   fixture = os.path.join(os.path.dirname(__file__), "fixtures", "config_gin_before_packages.gin")
-  gin_utils.parse([fixture], [])
-  from kosmos_jax.training import trainer  # pylint: disable=g-import-not-at-top
-  config = gin.get_configurable(trainer.TrainerConfig)()
-  assert config.total_steps == 2 and config.log_every == 200
+  script = ("import gin; from kosmos_jax import gin_utils; gin_utils.parse([%r], []); "
+            "from kosmos_jax.training import trainer; "
+            "c = gin.get_configurable(trainer.TrainerConfig)(); print(c.total_steps, c.log_every)"
+            % fixture)
+  # A fresh process: other tests reload kosmos_jax.data.tasks, which gin would see as a clash.
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split()[-2:] == ["2", "200"]
