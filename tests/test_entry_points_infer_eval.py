@@ -2,6 +2,7 @@
 weights-only checkpoint; the infer CLI (single prompt and jsonl with several images); the eval
 entry point (metrics, JSONL, HTML report); prompt building (k-shot, two-stage)."""
 import json
+import os
 import subprocess
 import sys
 import types
@@ -169,3 +170,51 @@ def test_infer_sees_the_pixels_training_sees(tmp_path):
   served = infer.make_request(0, "an image of", [str(path)], 32)
   assert served.prompt == "<image> an image of"
   np.testing.assert_array_equal(batch["images"][0, 0], served.images[0])
+
+
+def test_a_batch_with_bad_lines_answers_the_good_ones(run_dir, tmp_path):
+  """Good lines (one with image paths relative to the jsonl folder) mixed with malformed JSON, a
+  missing, a corrupt and an empty image, a marker/image mismatch: one output line per input line
+  in order, errors naming the cause, exit status 3, a summary on stderr. Relative --checkpoint
+  and --input_jsonl from another working directory."""
+  model_dir, _ = run_dir
+  data = tmp_path / "data"
+  data.mkdir()
+  image = synthetic.split_data(synthetic.WorldConfig(), "test").images[0]
+  Image.fromarray(image).save(data / "good.png")
+  (data / "corrupt.jpg").write_bytes(np.random.RandomState(0).bytes(500))
+  (data / "empty.png").write_bytes(b"")
+  lines = [json.dumps({"id": "a", "prompt": "an image of", "images": ["good.png"]}),
+           '{"prompt": "an image of", "images": [',
+           json.dumps({"id": "missing", "prompt": "an image of", "images": ["nope.png"]}),
+           json.dumps({"id": "corrupt", "prompt": "an image of", "images": ["corrupt.jpg"]}),
+           json.dumps({"id": "empty", "prompt": "an image of", "images": ["empty.png"]}),
+           json.dumps({"id": "mismatch", "prompt": "<image> <image> two",
+                       "images": [str(data / "good.png")]}),
+           "",
+           json.dumps({"id": "b", "prompt": "<image> a red", "images": [str(data / "good.png")]})]
+  (data / "in.jsonl").write_text("\n".join(lines) + "\n")
+  work = tmp_path / "elsewhere"
+  work.mkdir()
+  out = subprocess.run(
+      [sys.executable, "-m", "kosmos_jax.infer",
+       f"--checkpoint={os.path.relpath(model_dir, work)}", "--input_jsonl=../data/in.jsonl",
+       "--output_jsonl=out.jsonl", "--max_new_tokens=3"],
+      capture_output=True, text=True, timeout=300, cwd=work)
+  assert out.returncode == 3, out.stderr[-2000:]
+  assert "served 2 of 7 lines (5 failed)" in out.stderr
+  results = [json.loads(l) for l in (work / "out.jsonl").read_text().splitlines()]
+  assert [r.get("id") for r in results] == ["a", "2", "missing", "corrupt", "empty", "mismatch",
+                                            "b"]
+  assert isinstance(results[0]["output"], str) and isinstance(results[6]["output"], str)
+  assert "not valid JSON" in results[1]["error"] and results[1]["line"] == 2
+  assert "nope.png" in results[2]["error"] and "not found" in results[2]["error"]
+  assert "corrupt.jpg" in results[3]["error"] and "cannot be decoded" in results[3]["error"]
+  assert "empty.png" in results[4]["error"] and "empty file" in results[4]["error"]
+  assert "2 <image> markers but 1 images" in results[5]["error"]
+  single = subprocess.run(
+      [sys.executable, "-m", "kosmos_jax.infer", f"--checkpoint={model_dir}",
+       f"--image={data / 'corrupt.jpg'}"], capture_output=True, text=True, timeout=300)
+  assert single.returncode == 2 and "Traceback" not in single.stderr
+  errors = [l for l in single.stderr.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1 and "corrupt.jpg" in errors[0], single.stderr[-2000:]
