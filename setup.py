@@ -36,6 +36,8 @@ EXTRAS_REQUIRE = {
         "fairscale==0.4.0",
         "pycocoevalcap==1.2",
     ],
+    # What `make demo` needs beyond the runtime: the caption metrics (pycocoevalcap, with Java).
+    "demo": ["pycocoevalcap==1.2"],
     "eval": ["pycocoevalcap==1.2"],
 }
 
@@ -44,7 +46,7 @@ setuptools.setup(
     version="0.1.0",
     description="JAX-native training, evaluation and serving of Kosmos-1-style multimodal LLMs",
     packages=setuptools.find_packages(include=["kosmos_jax", "kosmos_jax.*"]),
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11,<3.14",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )
