@@ -1,4 +1,4 @@
-"""Evaluation entry point, T5X-style:
+r"""Evaluation entry point, T5X-style:
 
   python -m kosmos_jax.eval --gin_file=runs/eval.gin --gin.CHECKPOINT_DIR="'/runs/shapes'" \
       --gin.EVAL_OUTPUT_DIR="'/runs/shapes/eval'" \
@@ -17,6 +17,7 @@ import os
 import time
 from typing import Any, Optional, Sequence
 
+from absl import flags
 from absl import logging
 from clu import metric_writers
 import jax
@@ -107,4 +108,5 @@ def evaluate(*, checkpoint: str, tasks: Sequence[Any], output_dir: str,
 
 
 if __name__ == "__main__":
+  flags.adopt_module_key_flags(gin_utils)   # --help lists the gin flags
   gin_utils.run_entry_point("kosmos_jax.eval", "evaluate")

@@ -1,7 +1,6 @@
 """Training entry point, T5X-style:
 
-  python -m kosmos_jax.train --gin_file=experiments/shapes_tiny.gin \
-      --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=2000
+  python -m kosmos_jax.train --gin_file=experiments/shapes_tiny.gin --gin.MODEL_DIR="'runs/a'"
 
 `train()` is configured entirely by gin (see gin/runs/pretrain.gin). A run directory holds
 checkpoints (state + data position + config), metrics.jsonl, TensorBoard events, config.gin,
@@ -17,6 +16,7 @@ import os
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+from absl import flags
 import jax
 
 from kosmos_jax.checkpointing import checkpointer as checkpointer_lib
@@ -218,4 +218,5 @@ def lower_abstract_train_step(run_trainer: trainer_lib.Trainer,
 
 
 if __name__ == "__main__":
+  flags.adopt_module_key_flags(gin_utils)   # --help lists the gin flags
   gin_utils.run_entry_point("kosmos_jax.train", "train")

@@ -39,3 +39,17 @@ def test_user_error_is_one_line(case, tmp_path):
   errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1, out.stderr[-3000:]
   assert re.search(expected, errors[0]), errors[0]
+
+
+HELP = {"kosmos_jax.train": "--gin_file", "kosmos_jax.eval": "--gin_file",
+        "kosmos_jax.infer": "--input_jsonl", "kosmos_jax.demo": "--model_dir",
+        "kosmos_jax.convert.hf_kosmos2": "--hf_dir", "kosmos_jax.data.vocab": "--vocab_size",
+        "kosmos_jax.models.summary": "--model"}
+
+
+@pytest.mark.parametrize("module", sorted(HELP))
+def test_help_lists_the_flags(module):
+  out = subprocess.run([sys.executable, "-m", module, "--helpshort"], capture_output=True,
+                       text=True, timeout=300)
+  text = out.stdout + out.stderr
+  assert out.returncode in (0, 1) and HELP[module] in text, text[-2000:]
