@@ -8,29 +8,28 @@ marker (in order); with one `--image` and no marker the image goes first. Each i
 is {"prompt": "...", "images": ["a.jpg", ...]} (optional "id", "max_new_tokens"); each output
 line adds "output". Decoding: --strategy greedy | beam | sample, --beam_size, --max_new_tokens.
 
-Paths may be relative (to the working directory) or start with `~`; image paths inside a jsonl
-line are relative to the jsonl file's folder. A jsonl line that cannot be served (malformed
-JSON, missing or broken image, marker/image count mismatch, prompt too long) gets
-{"id": ..., "line": N, "error": "..."} in its place and every other line is still answered; a
-summary goes to stderr. Exit status: 0 every line served; 3 some lines failed (the others were
-written); 2 the command itself could not run (e.g. no --checkpoint, unreadable input), with one
-`error:` line on stderr.
+Paths given as flags are read from the working directory (`~` expanded); image paths inside a
+jsonl line are read from the jsonl file's folder unless absolute. Blank lines are skipped. A line
+that cannot be served (bad JSON, no prompt, a missing or corrupt image, marker/image mismatch)
+becomes {"id": <its id or line number>, "line": N, "error": "..."}; the others are still answered,
+in input order, and `served N of M lines (K failed)` goes to stderr.
+
+Exit status: 0 all served; 3 some jsonl lines failed (the rest answered, output written);
+2 a mistake that stops the command (missing --checkpoint, unreadable input, bad --image).
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
 from kosmos_jax import cli
 from kosmos_jax import paths
-
 from kosmos_jax.data import images as images_lib
 from kosmos_jax.data import prompts as prompts_lib
 from kosmos_jax.data.vocab import KosmosVocabulary
@@ -53,126 +52,221 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "for --strategy=sample")
 _NO_REPEAT = flags.DEFINE_integer("no_repeat_ngram_size", 0, "block repeated n-grams")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "prompts per decoding batch")
 
+EXIT_SOME_FAILED = 3
+_SHOWN_FAILURES = 10   # failed lines echoed to stderr before "... and K more"
+_JSONL_PATHS_HINT = " (relative image paths are read from the jsonl file's folder)"
 
-SERVED_ALL, USAGE_ERROR, SOME_FAILED = 0, 2, 3
+
+def _json_type(value: Any) -> str:
+  """The JSON name of a parsed value's type, for error messages."""
+  if value is None:
+    return "null"
+  if isinstance(value, bool):
+    return "a boolean"
+  return {dict: "an object", list: "a list", str: "a string"}.get(
+      type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-def read_image(path: str, size: int) -> np.ndarray:
-  """An image file through the training recipe; a missing, empty or undecodable file is a
-  ValueError naming it."""
+def check_image_file(path: str, hint: str = "") -> None:
+  """cli.UserError naming the file if it is missing, a directory or empty (`hint` is appended
+  to "not found")."""
   if not os.path.isfile(path):
-    raise ValueError(f"image {path!r} not found")
+    what = "is a directory, not an image file" if os.path.isdir(path) else "not found"
+    raise cli.UserError(f"image {path!r} {what}{hint}")
   if os.path.getsize(path) == 0:
-    raise ValueError(f"image {path!r} is an empty file")
+    raise cli.UserError(f"image {path!r} is an empty file (0 bytes): replace it with a "
+                        "JPEG/PNG/GIF/BMP")
+
+
+def read_image(path: str, size: int, hint: str = "") -> np.ndarray:
+  """`images.read_image_file`, with a missing, empty, unreadable or corrupt file reported as one
+  cli.UserError line naming it."""
+  check_image_file(path, hint)
   try:
     return images_lib.read_image_file(path, size)
-  except tf.errors.OpError as e:
-    raise ValueError(f"image {path!r} cannot be decoded ({e.message.split(';')[0]}); "
-                     "use JPEG, PNG, GIF or BMP") from None
+  except OSError as e:
+    raise cli.UserError(f"image {path!r} cannot be read: {e.strerror or e}") from None
+  except tf.errors.OpError:   # tf.io.decode_image: InvalidArgumentError for non-image bytes
+    raise cli.UserError(f"image {path!r} cannot be decoded: not a JPEG/PNG/GIF/BMP file or "
+                        "corrupt; replace it") from None
+
+
+def _example(request_id: str, prompt: str, image_paths: Sequence[str], size: int,
+             hint: str = "") -> runner_lib.Example:
+  """One request (markers checked before any image is read); errors are cli.UserError."""
+  try:
+    prompt = prompts_lib.with_image_markers(prompt, len(image_paths))
+  except ValueError as e:
+    raise cli.UserError(str(e)) from None
+  images = [read_image(p, size, hint) for p in image_paths]
+  stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+  return runner_lib.Example(id=request_id, prompt=prompt, images=stacked)
 
 
 def make_request(index: int, prompt: str, image_paths: Sequence[str], size: int,
                  request_id: Optional[str] = None) -> runner_lib.Example:
   """One request: images read with the training recipe, one `<image>` marker per image."""
-  images = [read_image(p, size) for p in image_paths]
-  prompt = prompts_lib.with_image_markers(prompt, len(images))
-  stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-  return runner_lib.Example(id=request_id or str(index), prompt=prompt, images=stacked)
-
-
-def parse_line(line: str, number: int, base: str, size: int) -> tuple[dict, runner_lib.Example]:
-  """A jsonl request -> (the request, its Example); ValueError says what is wrong with it."""
+  name = request_id or str(index)
   try:
-    request = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    return _example(name, prompt, image_paths, size)
+  except cli.UserError as e:
+    raise cli.UserError(f"request {name}: {e}") from None
+
+
+def _line_example(request: Any, number: int, size: int, base: str, default_max_new: int
+                  ) -> tuple[runner_lib.Example, int]:
+  """A parsed jsonl line -> (Example, its max_new_tokens); what is wrong as cli.UserError."""
   if not isinstance(request, dict):
-    raise ValueError("a line must be a JSON object like {\"prompt\": ..., \"images\": [...]}")
-  prompt, image_paths = request.get("prompt"), request.get("images", [])
-  if not isinstance(prompt, str) or not prompt.strip():
-    raise ValueError("\"prompt\" must be a non-empty string")
-  if not isinstance(image_paths, list) or not all(isinstance(p, str) for p in image_paths):
-    raise ValueError("\"images\" must be a list of file paths")
-  paths_here = [paths.resolve(p, base) for p in image_paths]
-  request_id = str(request.get("id", number))
-  return request, make_request(number, prompt, paths_here, size, request_id)
+    raise cli.UserError(f'expected a JSON object {{"prompt": ..., "images": [...]}}, got '
+                        f"{_json_type(request)}")
+  prompt = request.get("prompt")
+  if prompt is None:
+    raise cli.UserError('no "prompt": add "prompt": "..." to the line')
+  if not isinstance(prompt, str):
+    raise cli.UserError(f'"prompt" must be a string, got {_json_type(prompt)}')
+  if not prompt.strip():
+    raise cli.UserError('"prompt" is empty')
+  image_paths = request.get("images", [])
+  if not isinstance(image_paths, list) or not all(isinstance(p, str) and p for p in image_paths):
+    raise cli.UserError(f'"images" must be a list of image file paths, got {image_paths!r:.80}')
+  max_new = request.get("max_new_tokens", default_max_new)
+  if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
+    raise cli.UserError(f'"max_new_tokens" must be a positive integer, got {max_new!r:.40}')
+  request_id = request.get("id")
+  name = str(number) if request_id is None else str(request_id)
+  resolved = [paths.resolve(p, base) for p in image_paths]
+  return _example(name, prompt, resolved, size, _JSONL_PATHS_HINT), max_new
 
 
-def _check_length(example: runner_lib.Example, vocab, num_image_tokens: int, max_len: int,
-                  max_new_tokens: int) -> None:
-  segments = prompts_lib.split_prompt(example.prompt, example.images)
-  length = len(prompts_lib.encode_prompt(vocab, segments, num_image_tokens)[0])
-  if length + max_new_tokens > max_len:
-    raise ValueError(f"prompt is {length} tokens; with {max_new_tokens} new tokens that exceeds "
-                     f"the model's {max_len}: shorten it or lower --max_new_tokens")
-
-
-def _decode_config(vocab) -> decoding.DecodeConfig:
-  return decoding.DecodeConfig(
-      strategy=_STRATEGY.value, beam_size=_BEAM.value if _STRATEGY.value == "beam" else 1,
-      max_new_tokens=_MAX_NEW.value, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
-      no_repeat_ngram_size=_NO_REPEAT.value, eos_id=vocab.eos_id, pad_id=vocab.pad_id)
-
-
-def serve_jsonl(path: str, model, params, config, vocab) -> tuple[list[str], int]:
-  """One output line per request line (blank lines skipped), in order; returns the lines and how
-  many failed. A bad line gets {"id", "line", "error"}; the others are still answered."""
-  with open(path) as f:
-    lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
-  if not lines:
-    raise ValueError(f"--input_jsonl {path!r} has no requests")
-  base, size = os.path.dirname(path), config.vision.image_size
-  results: list[dict] = []
-  good: list[tuple[int, dict, runner_lib.Example]] = []
-  for n, line in lines:
-    try:
-      request, example = parse_line(line, n, base, size)
-      _check_length(example, vocab, config.num_image_tokens, config.text.max_len, _MAX_NEW.value)
-      good.append((len(results), request, example))
-      results.append({})
-    except ValueError as e:
-      results.append({"id": _line_id(line, n), "line": n, "error": str(e)})
-  if good:
-    runner = runner_lib.Runner(model, params, vocab, batch_size=min(_BATCH.value, len(good)))
-    outputs = runner.generate([example for _, _, example in good], _decode_config(vocab))
-    for (slot, request, _), output in zip(good, outputs):
-      results[slot] = {**request, "output": output.strip()}
-  return [json.dumps(r) for r in results], len(lines) - len(good)
-
-
-def _line_id(line: str, number: int) -> str:
+def _parse_line(text: str) -> Any:
   try:
-    value = json.loads(line)
-    return str(value.get("id", number)) if isinstance(value, dict) else str(number)
-  except json.JSONDecodeError:
-    return str(number)
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise cli.UserError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _read_lines(path: str) -> list[tuple[int, str]]:
+  """(1-based line number, text) of the non-blank lines of the jsonl input."""
+  if not os.path.isfile(path):
+    what = "is a directory" if os.path.isdir(path) else "not found"
+    raise cli.UserError(f"--input_jsonl {path!r} {what}: give a file with one JSON request per "
+                        "line")
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      text = f.read()
+  except OSError as e:
+    raise cli.UserError(f"--input_jsonl {path!r} cannot be read: {e.strerror or e}") from None
+  except UnicodeDecodeError as e:
+    raise cli.UserError(f"--input_jsonl {path!r} is not UTF-8 text (byte {e.start}): save it as "
+                        "UTF-8 JSON lines") from None
+  lines = [(n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
+  if not lines:
+    raise cli.UserError(f'--input_jsonl {path!r} has no requests: write one {{"prompt": ..., '
+                        '"images": [...]} object per line')
+  return lines
+
+
+def _check_output(path: Optional[str]) -> None:
+  """Fails before the model loads when the output file could not be written."""
+  if path is None:
+    return
+  folder = os.path.dirname(path)
+  if os.path.isdir(path):
+    raise cli.UserError(f"--output_jsonl {path!r} is a directory: give a file name")
+  if not os.path.isdir(folder):
+    raise cli.UserError(f"--output_jsonl {path!r}: folder {folder!r} does not exist; create it "
+                        "first")
+
+
+def serve_lines(lines: Sequence[tuple[int, str]], base: str, size: int,
+                generate: Callable[[Sequence[runner_lib.Example], int], list[str]],
+                default_max_new: int) -> list[dict]:
+  """One output record per line, in order: the input plus "output", or id, line and "error".
+
+  Good lines are generated together, one `generate(examples, max_new_tokens)` call per distinct
+  max_new_tokens, so lines without their own value decode exactly as one batch run.
+  """
+  records: list[Optional[dict]] = [None] * len(lines)
+  requests: list[Any] = [None] * len(lines)
+  groups: dict[int, list[tuple[int, runner_lib.Example]]] = {}
+  for k, (number, text) in enumerate(lines):
+    try:
+      requests[k] = _parse_line(text)
+      example, max_new = _line_example(requests[k], number, size, base, default_max_new)
+    except cli.UserError as e:
+      request_id = requests[k].get("id") if isinstance(requests[k], dict) else None
+      records[k] = {"id": str(number) if request_id is None else request_id, "line": number,
+                    "error": " ".join(cli.message(e).split())}
+      continue
+    groups.setdefault(max_new, []).append((k, example))
+  for max_new, group in groups.items():
+    outputs = generate([example for _, example in group], max_new)
+    for (k, _), output in zip(group, outputs):
+      records[k] = {**requests[k], "output": output.strip()}
+  return records
 
 
 def main(argv: Sequence[str]) -> int:
   del argv
   if not _CHECKPOINT.value:
-    raise app.UsageError("--checkpoint is required")
-  vocab = KosmosVocabulary(paths.resolve(_VOCAB.value)) if _VOCAB.value else None
-  model, params, config, vocab, what = model_loading.load_for_inference(_CHECKPOINT.value, vocab)
-  print(f"loaded {what}", file=sys.stderr)
-  if not _INPUT.value:
-    example = make_request(0, _PROMPT.value, [paths.resolve(p) for p in _IMAGES.value],
-                           config.vision.image_size)
-    _check_length(example, vocab, config.num_image_tokens, config.text.max_len, _MAX_NEW.value)
-    runner = runner_lib.Runner(model, params, vocab, batch_size=1)
-    print(runner.generate([example], _decode_config(vocab))[0].strip())
-    return SERVED_ALL
-  input_path = paths.resolve(_INPUT.value)
-  if not os.path.isfile(input_path):
-    raise FileNotFoundError(f"--input_jsonl {input_path!r} not found")
-  lines, failed = serve_jsonl(input_path, model, params, config, vocab)
-  if _OUTPUT.value:
-    with open(paths.resolve(_OUTPUT.value), "w") as f:
-      f.write("\n".join(lines) + "\n")
+    raise cli.UserError("--checkpoint is required: give a training run dir, a weights-only "
+                        "checkpoint or a Hugging Face Kosmos-2 dir")
+  if _MAX_NEW.value < 1 or _BATCH.value < 1:
+    raise cli.UserError(f"--max_new_tokens={_MAX_NEW.value} and --batch_size={_BATCH.value} "
+                        "must both be at least 1")
+  input_path = paths.resolve(_INPUT.value) if _INPUT.value else None
+  output_path = paths.resolve(_OUTPUT.value) if _OUTPUT.value else None
+  image_paths = [paths.resolve(p) for p in _IMAGES.value]
+  if input_path:
+    if image_paths:
+      raise cli.UserError('--image is for a single --prompt; with --input_jsonl list each '
+                          'line\'s images in its "images"')
+    lines = _read_lines(input_path)
+    _check_output(output_path)
   else:
-    print("\n".join(lines))
-  print(f"served {len(lines) - failed} of {len(lines)} lines ({failed} failed)", file=sys.stderr)
-  return SOME_FAILED if failed else SERVED_ALL
+    for path in image_paths:   # cheap checks before the model loads; decoding comes later
+      check_image_file(path)
+  vocab = KosmosVocabulary(paths.resolve(_VOCAB.value)) if _VOCAB.value else None
+  model, params, config, vocab, what = model_loading.load_for_inference(
+      paths.resolve(_CHECKPOINT.value), vocab)
+  print(f"loaded {what}", file=sys.stderr)
+  size = config.vision.image_size
+
+  def decode_config(max_new: int) -> decoding.DecodeConfig:
+    return decoding.DecodeConfig(
+        strategy=_STRATEGY.value, beam_size=_BEAM.value if _STRATEGY.value == "beam" else 1,
+        max_new_tokens=max_new, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
+        no_repeat_ngram_size=_NO_REPEAT.value, eos_id=vocab.eos_id, pad_id=vocab.pad_id)
+
+  if not input_path:
+    example = _example("0", _PROMPT.value, image_paths, size)
+    runner = runner_lib.Runner(model, params, vocab, batch_size=1)
+    print(runner.generate([example], decode_config(_MAX_NEW.value))[0].strip())
+    return 0
+
+  runners: dict[int, runner_lib.Runner] = {}
+
+  def generate(examples: Sequence[runner_lib.Example], max_new: int) -> list[str]:
+    batch = min(_BATCH.value, len(examples))
+    if batch not in runners:
+      runners[batch] = runner_lib.Runner(model, params, vocab, batch_size=batch)
+    return runners[batch].generate(examples, decode_config(max_new))
+
+  records = serve_lines(lines, os.path.dirname(input_path), size, generate, _MAX_NEW.value)
+  text = "".join(json.dumps(r) + "\n" for r in records)
+  if output_path:
+    with open(output_path, "w") as f:
+      f.write(text)
+  else:
+    sys.stdout.write(text)
+  failed = [r for r in records if "error" in r]
+  for r in failed[:_SHOWN_FAILURES]:
+    print(f"line {r['line']}: {r['error']}", file=sys.stderr)
+  if len(failed) > _SHOWN_FAILURES:
+    print(f"... and {len(failed) - _SHOWN_FAILURES} more failed lines", file=sys.stderr)
+  print(f"served {len(records) - len(failed)} of {len(records)} lines ({len(failed)} failed)",
+        file=sys.stderr)
+  return EXIT_SOME_FAILED if failed else 0
 
 
 if __name__ == "__main__":
