@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2.0,<0.3",
     "pillow>=11",
     "safetensors>=0.8,<0.9",
+    "pyarrow>=14",   # img2dataset parquet sources
     "numpy>=2.0",
 ]
 
@@ -35,6 +36,9 @@ EXTRAS_REQUIRE = {
         "transformers>=5.20,<6",
         "fairscale==0.4.0",
         "pycocoevalcap==1.2",
+        # Real writers and real photos for the data-source tests.
+        "webdataset>=0.2.100",
+        "scikit-image>=0.24",
     ],
     # What `make demo` needs beyond the runtime: the caption metrics (pycocoevalcap, with Java).
     "demo": ["pycocoevalcap==1.2"],

@@ -1,23 +1,103 @@
-"""The one image recipe of training and serving: decode (JPEG/PNG/GIF/BMP, first frame, grey and
-alpha to RGB), bicubic resize of the short side, centre crop to the model's square size.
+"""The one image recipe of training, evaluation and serving: decode with Pillow (JPEG, PNG, WebP,
+GIF, BMP; first frame; EXIF orientation applied; grey, palette, alpha, CMYK and 16-bit to 8-bit
+RGB), bicubic resize of the short side, centre crop to the model's square size.
 
-Training runs it inside tf.data; `read_image_file` runs the same ops eagerly for `infer`, so a
-file gives the same pixels in both (tested). CLIP mean/std normalisation happens on device in the
-model.
+Images larger than a pixel limit are refused from their header, before any pixel is decoded, so a
+decompression bomb costs nothing. Decoding runs inside tf.data through `tf.numpy_function`;
+`read_image_file` runs the same steps eagerly for `infer`, so a file gives the same pixels in
+training and serving (tested). CLIP mean/std normalisation happens on device in the model.
 """
 from __future__ import annotations
 
+import io
 import os
+import warnings
 
 import numpy as np
+from PIL import Image
+from PIL import ImageOps
 import tensorflow as tf
 
 DEFAULT_IMAGE_SIZE = 224
+# Pixels (width x height) above which an image is refused unread; web photos are far below.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+# Why an image cannot be used; code i + 1 in `decode_image_checked` is IMAGE_REASONS[i].
+IMAGE_REASONS = ("image_empty", "image_corrupt", "image_too_large")
+_EMPTY, _CORRUPT, _TOO_LARGE = 1, 2, 3
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def decode_image(encoded: tf.Tensor) -> tf.Tensor:
-  """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 [H, W, 3] (first frame, grey/alpha to RGB)."""
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+class ImageError(ValueError):
+  """An image that cannot be used; `reason` is one of IMAGE_REASONS."""
+
+  def __init__(self, reason: str, detail: str):
+    super().__init__(f"{reason.replace('_', ' ')}: {detail}")
+    self.reason = reason
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+  """A loaded PIL image of any mode -> uint8 [H, W, 3]. 16-bit grey keeps its top 8 bits (a
+  plain convert would clip everything above 255 to white)."""
+  if image.mode in _SIXTEEN_BIT_MODES:
+    grey = np.asarray(image).astype(np.int64)
+    grey = np.clip(grey >> 8 if grey.max(initial=0) > 255 else grey, 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if image.mode == "F":
+    grey = np.clip(np.round(np.asarray(image)), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  return np.asarray(image.convert("RGB"), np.uint8)
+
+
+def decode_image_bytes(encoded: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+  """Encoded image bytes -> uint8 [H, W, 3]; ImageError (empty, corrupt or truncated, over
+  `max_pixels`) otherwise."""
+  if not encoded:
+    raise ImageError("image_empty", "0 bytes")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    try:
+      image = Image.open(io.BytesIO(encoded))   # reads the header only
+    except Image.DecompressionBombError as e:
+      raise ImageError("image_too_large", str(e)) from None
+    except Exception as e:   # pylint: disable=broad-except  (Pillow raises many kinds)
+      raise ImageError("image_corrupt", f"not a readable image ({type(e).__name__})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+      raise ImageError("image_too_large", f"{width}x{height} is over the limit of {max_pixels} "
+                       "pixels (raise max_image_pixels to accept it)")
+    if width < 1 or height < 1:
+      raise ImageError("image_corrupt", f"size {width}x{height}")
+    try:
+      image = ImageOps.exif_transpose(image)   # also loads the (first frame's) pixels
+      return _to_rgb(image)
+    except Exception as e:   # pylint: disable=broad-except  (truncated data, bad EXIF, ...)
+      raise ImageError("image_corrupt", f"cannot decode ({type(e).__name__}: {e})") from None
+
+
+def _decode_or_code(encoded: bytes, max_pixels: int) -> tuple[np.ndarray, np.int32]:
+  try:
+    return decode_image_bytes(bytes(encoded), int(max_pixels)), np.int32(0)
+  except ImageError as e:
+    return np.zeros([1, 1, 3], np.uint8), np.int32(IMAGE_REASONS.index(e.reason) + 1)
+
+
+def decode_image_checked(encoded: tf.Tensor, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+                         ) -> tuple[tf.Tensor, tf.Tensor]:
+  """In tf.data: encoded bytes -> (uint8 [H, W, 3], int32 code); code 0 is a good image, i + 1
+  means IMAGE_REASONS[i] (the image is then a black 1x1 placeholder)."""
+  image, code = tf.numpy_function(_decode_or_code, [encoded, max_pixels],
+                                  (tf.uint8, tf.int32), stateful=False)
+  image.set_shape([None, None, 3])
+  code.set_shape([])
+  return image, code
+
+
+def decode_image(encoded: tf.Tensor, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tf.Tensor:
+  """In tf.data: encoded bytes -> uint8 [H, W, 3]; an unusable image raises (InvalidArgument),
+  for pipelines that drop such records with `ignore_errors`."""
+  def decode(data, limit):
+    return decode_image_bytes(bytes(data), int(limit))
+  image = tf.numpy_function(decode, [encoded, max_pixels], tf.uint8, stateful=False)
   image.set_shape([None, None, 3])
   return image
 
@@ -59,10 +139,12 @@ def resize_images(images: tf.Tensor, size: int) -> tf.Tensor:
   return out
 
 
-def read_image_file(path: str, size: int) -> np.ndarray:
-  """uint8 [size, size, 3] from an image file, through exactly the training recipe."""
+def read_image_file(path: str, size: int,
+                    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+  """uint8 [size, size, 3] from an image file, through exactly the training recipe; ImageError
+  when it cannot be used."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"image {path!r} not found")
   with open(path, "rb") as f:
     encoded = f.read()
-  return resize_and_center_crop(decode_image(tf.constant(encoded)), size).numpy()
+  return resize_and_center_crop(tf.constant(decode_image_bytes(encoded, max_pixels)), size).numpy()

@@ -20,7 +20,8 @@ from typing import Mapping, Optional, Sequence
 import seqio
 import tensorflow as tf
 
-from kosmos_jax.data.images import DEFAULT_IMAGE_SIZE, decode_image, resize_and_center_crop
+from kosmos_jax.data import images as images_lib
+from kosmos_jax.data.images import DEFAULT_IMAGE_SIZE, resize_and_center_crop
 from kosmos_jax.data.vocab import KosmosVocabulary
 
 TASK_FEATURE_KEYS = ("targets", "loss_weights", "images")
@@ -131,30 +132,50 @@ def map_skipping_errors(ds: tf.data.Dataset, fn, reason: str) -> tf.data.Dataset
 # --- images ---------------------------------------------------------------------------------------
 
 def decode_images(ds: tf.data.Dataset, image_key: str = "image",
-                  image_size: int = DEFAULT_IMAGE_SIZE) -> tf.data.Dataset:
+                  image_size: int = DEFAULT_IMAGE_SIZE, index_key: Optional[str] = None,
+                  max_image_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS) -> tf.data.Dataset:
   """Decodes encoded image bytes in `image_key` (a scalar or a vector of images) to uint8.
 
-  A scalar becomes [image_size, image_size, 3]; a vector becomes [num, image_size, image_size, 3].
-  Records with an undecodable image are dropped and counted as "image_decode_error".
+  A scalar becomes [image_size, image_size, 3]: a record whose image cannot be used is dropped
+  and counted by reason (`images.IMAGE_REASONS`: image_empty, image_corrupt, image_too_large).
+  A vector becomes [num, image_size, image_size, 3]: unusable images are removed from the
+  document (each counted by reason) together with their entry in `index_key` (the matched text
+  index of interleaved documents), and the document is kept.
   """
   if image_key not in ds.element_spec:
     raise ValueError(f"decode_images: no feature {image_key!r}; features are "
                      f"{sorted(ds.element_spec)}")
+  scalar = ds.element_spec[image_key].shape.rank == 0
+  counters = [record_counter(reason) for reason in images_lib.IMAGE_REASONS]
+  spec = (tf.TensorSpec([image_size, image_size, 3], tf.uint8), tf.TensorSpec([], tf.int32))
 
   def decode_one(encoded):
-    return resize_and_center_crop(decode_image(encoded), image_size)
+    image, code = images_lib.decode_image_checked(encoded, max_image_pixels)
+    image = tf.cond(tf.equal(code, 0), lambda: resize_and_center_crop(image, image_size),
+                    lambda: tf.zeros([image_size, image_size, 3], tf.uint8))
+    return image, code
 
   def decode(ex):
     ex = dict(ex)
     encoded = ex[image_key]
-    if encoded.shape.rank == 0:
-      ex[image_key] = decode_one(encoded)
-    else:
-      ex[image_key] = tf.map_fn(
-          decode_one, encoded,
-          fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
+    if scalar:
+      ex[image_key], ex["_image_code"] = decode_one(encoded)
+      return ex
+    images, codes = tf.map_fn(decode_one, encoded, fn_output_signature=spec)
+    updates = [counter.assign_add(tf.reduce_sum(tf.cast(tf.equal(codes, i + 1), tf.int64)))
+               for i, counter in enumerate(counters)]
+    good = tf.equal(codes, 0)
+    with tf.control_dependencies(updates):
+      ex[image_key] = tf.boolean_mask(images, good)
+    if index_key is not None:
+      ex[index_key] = tf.boolean_mask(ex[index_key], good)
     return ex
-  return map_skipping_errors(ds, decode, "image_decode_error")
+  ds = ds.map(no_autograph(decode), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.with_options(stateful_pipeline_options())
+  if not scalar:
+    return ds
+  ds = filter_by_code(ds, "_image_code", images_lib.IMAGE_REASONS)
+  return ds.map(no_autograph(lambda ex: {k: v for k, v in ex.items() if k != "_image_code"}))
 
 
 def _relaxed_images(images: tf.Tensor) -> tf.Tensor:

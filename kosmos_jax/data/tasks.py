@@ -16,6 +16,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from kosmos_jax.data import images as images_lib
 from kosmos_jax.data import preprocessors as pp
 from kosmos_jax.data import synthetic
 from kosmos_jax.data.vocab import KosmosVocabulary
@@ -27,6 +28,9 @@ SHAPES_TASKS = {kind: f"shapes_{kind}" for kind in synthetic.KINDS}
 SHAPES_NUM_IMAGE_TOKENS = 8
 # Shapes records are i.i.d. already; a small buffer only varies the order between epochs.
 SHAPES_SHUFFLE_BUFFER = 256
+# Task shuffle buffer chosen from the source (see add_task).
+AUTO_SHUFFLE = "auto"
+ShuffleBuffer = Union[int, None, str]
 # (task name, examples measured) -> per-example task tokens and images, for mixture rates.
 _TOKEN_STATS: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -49,9 +53,16 @@ def output_features(vocabulary: KosmosVocabulary) -> dict[str, seqio.Feature]:
 
 
 def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callable],
-             vocabulary: KosmosVocabulary, shuffle_buffer_size: Optional[int] = 1000,
+             vocabulary: KosmosVocabulary, shuffle_buffer_size: ShuffleBuffer = AUTO_SHUFFLE,
              metric_fns: Sequence[Callable] = (), postprocess_fn: Optional[Callable] = None) -> str:
-  """Registers (or replaces) a Kosmos task; returns its name."""
+  """Registers (or replaces) a Kosmos task; returns its name.
+
+  shuffle_buffer_size: examples shuffled after preprocessing (decoded images: the buffer is part
+  of every data checkpoint, ~150 KB per example at 224 px). "auto": none for sources that
+  shuffle their record index themselves (`kosmos_jax.data.sources`), 1000 otherwise.
+  """
+  if shuffle_buffer_size == AUTO_SHUFFLE:
+    shuffle_buffer_size = None if source.performs_internal_shuffling else 1000
   seqio.TaskRegistry.remove(name)
   for key in [k for k in _TOKEN_STATS if k[0] == name]:
     del _TOKEN_STATS[key]
@@ -61,34 +72,41 @@ def add_task(name: str, source: seqio.DataSource, preprocessors: Sequence[Callab
   return name
 
 
-def _decode_step(encoded: bool, image_key: str, image_size: int) -> list[Callable]:
+def _decode_step(encoded: bool, image_key: str, image_size: int, max_image_pixels: int,
+                 index_key: Optional[str] = None) -> list[Callable]:
   if not encoded:
     return []
-  return [functools.partial(pp.decode_images, image_key=image_key, image_size=image_size)]
+  return [functools.partial(pp.decode_images, image_key=image_key, image_size=image_size,
+                            index_key=index_key, max_image_pixels=max_image_pixels)]
 
 
 @_configurable
 def text_task(name: str, source: seqio.DataSource, vocabulary: KosmosVocabulary,
-              text_key: str = "text") -> str:
+              text_key: str = "text", shuffle_buffer_size: ShuffleBuffer = AUTO_SHUFFLE) -> str:
   """Text documents: `<s> text </s>`."""
   steps = [functools.partial(pp.text_to_sequence, text_key=text_key)]
-  return add_task(name, source, steps, vocabulary)
+  return add_task(name, source, steps, vocabulary, shuffle_buffer_size=shuffle_buffer_size)
 
 
 @_configurable
 def image_text_task(name: str, source: seqio.DataSource, vocabulary: KosmosVocabulary,
                     image_key: str = "image", text_key: str = "text",
                     prompt_key: Optional[str] = None, prompt_loss: bool = True,
-                    encoded: bool = True, image_size: int = pp.DEFAULT_IMAGE_SIZE) -> str:
+                    encoded: bool = True, image_size: int = pp.DEFAULT_IMAGE_SIZE,
+                    max_image_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS,
+                    shuffle_buffer_size: ShuffleBuffer = AUTO_SHUFFLE) -> str:
   """Image-caption pairs (or VQA with `prompt_key`): `<s> <image> ... </image> text </s>`.
 
-  encoded: the image feature holds encoded bytes to decode, resize and crop to `image_size`;
-  False means it is already uint8 [H, W, 3] (the converter resizes to the model's size).
+  encoded: the image feature holds encoded bytes to decode, resize and crop to `image_size`
+  (images over `max_image_pixels` are refused unread); False means it is already uint8
+  [H, W, 3] (the converter resizes to the model's size).
+  shuffle_buffer_size: see `add_task`.
   """
-  steps = _decode_step(encoded, image_key, image_size) + [functools.partial(
+  steps = _decode_step(encoded, image_key, image_size, max_image_pixels)
+  steps.append(functools.partial(
       pp.image_text_to_sequence, image_key=image_key, text_key=text_key, prompt_key=prompt_key,
-      prompt_loss=prompt_loss)]
-  return add_task(name, source, steps, vocabulary)
+      prompt_loss=prompt_loss))
+  return add_task(name, source, steps, vocabulary, shuffle_buffer_size=shuffle_buffer_size)
 
 
 @_configurable
@@ -96,16 +114,19 @@ def interleaved_task(name: str, source: seqio.DataSource, vocabulary: KosmosVoca
                      texts_key: str = "texts", images_key: str = "images",
                      image_index_key: str = "image_text_index", max_images: int = 5,
                      single_image_drop_rate: float = 0.5, seed: int = 0, encoded: bool = True,
-                     image_size: int = pp.DEFAULT_IMAGE_SIZE) -> str:
-  """Interleaved documents (MMC4-style texts + images + matched text index)."""
+                     image_size: int = pp.DEFAULT_IMAGE_SIZE,
+                     max_image_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS,
+                     shuffle_buffer_size: ShuffleBuffer = AUTO_SHUFFLE) -> str:
+  """Interleaved documents (MMC4-style texts + images + matched text index); images that cannot
+  be decoded are removed from their document (counted), see `image_text_task` for the rest."""
   # Dropping needs only the image count, so it runs before the (costly) decoding.
   steps = [functools.partial(pp.drop_single_image_documents, images_key=images_key,
                              texts_key=texts_key, rate=single_image_drop_rate, seed=seed)]
-  steps += _decode_step(encoded, images_key, image_size)
+  steps += _decode_step(encoded, images_key, image_size, max_image_pixels, image_index_key)
   steps.append(functools.partial(pp.interleaved_to_sequence, texts_key=texts_key,
                                  images_key=images_key, image_index_key=image_index_key,
                                  max_images=max_images))
-  return add_task(name, source, steps, vocabulary)
+  return add_task(name, source, steps, vocabulary, shuffle_buffer_size=shuffle_buffer_size)
 
 
 @_configurable

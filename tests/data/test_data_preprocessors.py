@@ -137,7 +137,7 @@ def test_decode_images_resizes_and_skips_corrupt_records():
   before = pp.record_counts()
   out = run(pp.decode_images(ds, image_size=32))
   assert [ex["id"] for ex in out] == [0, 2, 4]
-  assert counts_delta(before, "image_decode_error") == 2
+  assert counts_delta(before, "image_corrupt") == 2      # not an image; truncated JPEG
   assert all(ex["image"].shape == (32, 32, 3) and ex["image"].dtype == np.uint8 for ex in out)
   np.testing.assert_array_equal(out[1]["image"], square)       # already the size: untouched
   # 40x80 -> 32x64 -> centre 32 columns: compare with a direct resize of the middle.
@@ -145,9 +145,14 @@ def test_decode_images_resizes_and_skips_corrupt_records():
   reference = np.clip(np.round(reference.numpy()[:, 16:48]), 0, 255)
   np.testing.assert_array_equal(out[0]["image"], reference.astype(np.uint8))
 
-  vectors = tf.data.Dataset.from_tensors({"images": [png_wide, png_square]})
-  (doc,) = run(pp.decode_images(vectors, image_key="images", image_size=16))
+  # In a document a bad image goes (with its matched text index); the document stays.
+  vectors = tf.data.Dataset.from_tensors({"images": [png_wide, b"", png_square],
+                                          "index": [0, 1, 2]})
+  before = pp.record_counts()
+  (doc,) = run(pp.decode_images(vectors, image_key="images", image_size=16, index_key="index"))
   assert doc["images"].shape == (2, 16, 16, 3)
+  assert list(doc["index"]) == [0, 2]
+  assert counts_delta(before, "image_empty") == 1
 
 
 def test_resize_images_is_identity_at_model_size():

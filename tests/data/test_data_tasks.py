@@ -203,7 +203,7 @@ def test_data_team_task_and_mixture_from_gin(tmp_path, small_vocab):
       make_iterator.image_size = 16
       make_iterator.max_images = 4
   """
-  before = pp.record_counts().get("image_decode_error", 0)
+  before = pp.record_counts().get("image_corrupt", 0)
   gin.clear_config()
   try:
     gin.parse_config(config)
@@ -215,7 +215,7 @@ def test_data_team_task_and_mixture_from_gin(tmp_path, small_vocab):
   assert "team_mix" in seqio.MixtureRegistry.names()
   assert batches[0]["images"].shape == (2, 4, 16, 16, 3)
   assert all(b["image_mask"].sum() > 0 for b in batches)
-  assert pp.record_counts()["image_decode_error"] - before >= 1
+  assert pp.record_counts()["image_corrupt"] - before >= 1
   # Rates are tokens per step / mean tokens per example, image placeholders included.
   rates = tasks.token_rates({"team_captions": 3.0, "team_docs": 1.0}, num_image_tokens=4)
   caption_tokens = tasks.mean_model_tokens("team_captions", 4)

@@ -1,0 +1,239 @@
+"""Checkpointable streaming over files of records: the engine under every file-based source.
+
+A `RecordFormat` knows how to count the records of one file and read record i of it (in Python:
+tar members, parquet rows, JSON lines). `IndexedFileSource` turns that into a seqio DataSource
+whose tf.data pipeline holds only tf state, so a data checkpoint (the tf.data iterator) records
+the exact position, shuffle buffers included, and a resumed run reads exactly what an
+uninterrupted one would (docs/data.md §8):
+
+  file ids -> host shard -> shuffled (seeded, new order every epoch)
+    -> interleave `cycle_length` files, each `range(count(file))`   # (file id, record index)
+    -> [record-level host shard when there are fewer files than hosts]
+    -> shuffle buffer of (file, record) pairs (cheap: two ints, not decoded images)
+    -> read(file, record) in parallel -> drop unusable records, counted by reason
+
+Reading is a pure function of (file, record), so it may run in `tf.numpy_function`; the
+iterator checkpoint only has to hold the pairs.
+"""
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from kosmos_jax.data import preprocessors as pp
+
+FilePatterns = Union[str, Sequence[str]]
+READ_FAILED = "record_unreadable"    # an unexpected error reading one record
+FILE_FAILED = "file_unreadable"      # a file whose records cannot be listed
+_WARNED = set()
+_WARN_LOCK = threading.Lock()
+
+
+class SkipRecord(Exception):
+  """Raised by `RecordFormat.read` for a record that cannot be used; `reason` is counted."""
+
+  def __init__(self, reason: str):
+    super().__init__(reason)
+    self.reason = reason
+
+
+def warn_once(what: str, detail: str) -> None:
+  """Logs the first occurrence of each kind of problem (the counters carry the totals)."""
+  with _WARN_LOCK:
+    if what in _WARNED:
+      return
+    _WARNED.add(what)
+  logging.warning("data: %s (%s); further ones are only counted", what, detail)
+
+
+class RecordFormat(abc.ABC):
+  """One file layout: what a record holds, why one can be skipped, and how to read it."""
+
+  # Skip reasons `read` may raise (SkipRecord) and per-record tallies it may return.
+  reasons: tuple[str, ...] = ()
+  tallies: tuple[str, ...] = ()
+
+  @property
+  @abc.abstractmethod
+  def features(self) -> Mapping[str, tf.TensorSpec]:
+    """Feature name -> spec of what `read` returns (always including a string "key")."""
+
+  @abc.abstractmethod
+  def num_records(self, path: str) -> int:
+    """How many records file `path` holds (an index may be built and cached here)."""
+
+  @abc.abstractmethod
+  def read(self, path: str, index: int) -> tuple[dict[str, Any], Mapping[str, int]]:
+    """Record `index` of `path` -> (features, tallies by name); SkipRecord if unusable."""
+
+
+def list_files(patterns: FilePatterns, what: str) -> list[str]:
+  """Sorted files matching glob pattern(s) (local or gs://); an error names the pattern."""
+  patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+  files = sorted({f for pattern in patterns for f in tf.io.gfile.glob(pattern)})
+  if not files:
+    raise ValueError(f"{what}: no files match {patterns}; check the path (relative paths are "
+                     "read from the working directory)")
+  return files
+
+
+def _empty_like(spec: tf.TensorSpec) -> np.ndarray:
+  shape = [0 if d is None else d for d in spec.shape.as_list()]
+  if spec.dtype == tf.string:
+    return np.full(shape, b"", dtype=object)
+  return np.zeros(shape, spec.dtype.as_numpy_dtype)
+
+
+class IndexedFileSource(seqio.DataSource):
+  """A seqio DataSource over files of a `RecordFormat` (see the module docstring)."""
+
+  def __init__(self, split_to_filepattern: Mapping[str, FilePatterns], record_format: RecordFormat,
+               shuffle_buffer_size: int = 10_000, cycle_length: int = 4,
+               name: Optional[str] = None):
+    if shuffle_buffer_size < 1 or cycle_length < 1:
+      raise ValueError(f"{name or type(record_format).__name__}: shuffle_buffer_size="
+                       f"{shuffle_buffer_size} and cycle_length={cycle_length} must be >= 1")
+    super().__init__(splits=split_to_filepattern.keys(), performs_internal_shuffling=True)
+    self._patterns = dict(split_to_filepattern)
+    self.record_format = record_format
+    self.shuffle_buffer_size = shuffle_buffer_size
+    self.cycle_length = cycle_length
+    self.name = name or type(record_format).__name__
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True   # file-level when there are enough files, record-level otherwise
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    if split not in self._patterns:
+      raise ValueError(f"{self.name}: no split {split!r}; splits are {sorted(self._patterns)}")
+    return list_files(self._patterns[split], f"{self.name} split {split!r}")
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
+                  shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
+                  use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
+    del sequence_length, use_cached
+    files = self.list_shards(split)
+    pairs = record_pairs(len(files), self._counter(files), shuffle=shuffle, seed=seed,
+                         shard_info=shard_info, cycle_length=self.cycle_length)
+    if shuffle:
+      pairs = pairs.shuffle(self.shuffle_buffer_size, seed=None if seed is None else seed + 1)
+    ds = pairs.map(self._reader(files), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.with_options(pp.stateful_pipeline_options())
+    ds = count_tallies(ds, self.record_format.tallies)
+    ds = pp.filter_by_code(ds, "_code", self.record_format.reasons + (READ_FAILED,))
+    ds = ds.map(pp.no_autograph(lambda ex: {k: v for k, v in ex.items() if k != "_code"}))
+    return ds.repeat(num_epochs) if num_epochs != 1 else ds
+
+  def _counter(self, files: Sequence[str]):
+    def count(file_id):
+      path = files[int(file_id)]
+      try:
+        return np.int64(self.record_format.num_records(path)), np.int64(0)
+      except Exception as e:   # pylint: disable=broad-except  (a broken file must not stop a run)
+        warn_once(f"{self.name}: cannot list the records of a file", f"{path}: {e}")
+        return np.int64(0), np.int64(1)
+    return count
+
+  def _reader(self, files: Sequence[str]):
+    """(file id, record) -> feature dict with `_code` (0, or 1 + index of the skip reason)."""
+    fmt = self.record_format
+    names, specs = list(fmt.features), list(fmt.features.values())
+    reasons = fmt.reasons + (READ_FAILED,)
+
+    def read(file_id, record):
+      path = files[int(file_id)]
+      tallies = np.zeros([len(fmt.tallies)], np.int64)
+      try:
+        features, counts = fmt.read(path, int(record))
+        for name, n in counts.items():
+          tallies[fmt.tallies.index(name)] += n
+        values = [np.asarray(features[n], dtype=object if s.dtype == tf.string
+                             else s.dtype.as_numpy_dtype) for n, s in zip(names, specs)]
+        code = 0
+      except SkipRecord as e:
+        values, code = [_empty_like(s) for s in specs], reasons.index(e.reason) + 1
+      except Exception as e:   # pylint: disable=broad-except  (one bad record never stops a run)
+        warn_once(f"{self.name}: unreadable record", f"{path} record {int(record)}: {e!r}")
+        values, code = [_empty_like(s) for s in specs], len(reasons)
+      return (*values, tallies, np.int32(code))
+
+    def map_fn(file_id, record):
+      out = tf.numpy_function(read, [file_id, record],
+                              [s.dtype for s in specs] + [tf.int64, tf.int32], stateful=False)
+      ex = {}
+      for name, spec, value in zip(names, specs, out):
+        value.set_shape(spec.shape)
+        ex[name] = value
+      out[-2].set_shape([len(fmt.tallies)])
+      out[-1].set_shape([])
+      ex["_tallies"], ex["_code"] = out[-2], out[-1]
+      return ex
+    return pp.no_autograph(map_fn)
+
+
+def record_pairs(num_files: int, count_fn, *, shuffle: bool, seed: Optional[int],
+                 shard_info: Optional[seqio.ShardInfo], cycle_length: int) -> tf.data.Dataset:
+  """(file id, record index) pairs of this host's shard; see the module docstring."""
+  file_ids = tf.data.Dataset.range(num_files)
+  record_shard = None
+  if shard_info is not None and shard_info.num_shards > 1:
+    if num_files >= shard_info.num_shards:
+      file_ids = file_ids.shard(shard_info.num_shards, shard_info.index)
+    else:   # every host walks the same file order and keeps every n-th record
+      record_shard = shard_info
+      seed = 0 if seed is None else seed
+  if shuffle:
+    file_ids = file_ids.shuffle(num_files, seed=seed, reshuffle_each_iteration=True)
+  unreadable = pp.record_counter(FILE_FAILED)
+
+  def records_of(file_id):
+    count, failed = tf.numpy_function(count_fn, [file_id], (tf.int64, tf.int64), stateful=False)
+    count.set_shape([])
+    with tf.control_dependencies([unreadable.assign_add(failed)]):
+      count = tf.identity(count)
+    return tf.data.Dataset.range(count).map(lambda record: (file_id, record))
+  pairs = file_ids.interleave(pp.no_autograph(records_of), cycle_length=cycle_length,
+                              block_length=1)
+  if record_shard is not None:
+    n, index = record_shard.num_shards, record_shard.index
+    pairs = pairs.enumerate().filter(lambda i, pair: tf.equal(i % n, index))
+    pairs = pairs.map(lambda i, pair: pair)
+  return pairs.with_options(pp.stateful_pipeline_options())
+
+
+def count_tallies(ds: tf.data.Dataset, tallies: Sequence[str]) -> tf.data.Dataset:
+  """Adds each record's `_tallies` (items dropped inside a kept record, e.g. one missing image
+  of a document) to the counters named `tallies`, and removes the feature."""
+  counters = [pp.record_counter(name) for name in tallies]
+
+  def add(ex):
+    ex = dict(ex)
+    tally = ex.pop("_tallies")
+    updates = [counter.assign_add(tally[i]) for i, counter in enumerate(counters)]
+    with tf.control_dependencies(updates):
+      return {k: tf.identity(v) for k, v in ex.items()}
+  return ds.map(pp.no_autograph(add)).with_options(pp.stateful_pipeline_options())
+
+
+def check_text(value: Any) -> str:
+  """A record's text as str; SkipRecord("text_empty" / "text_not_utf8") when unusable."""
+  if value is None:
+    raise SkipRecord("text_empty")
+  if isinstance(value, bytes):
+    try:
+      value = value.decode("utf-8")
+    except UnicodeDecodeError:
+      raise SkipRecord("text_not_utf8") from None
+  if not isinstance(value, str) or not value.strip():
+    raise SkipRecord("text_empty")
+  return value
+
+
+TEXT_REASONS = ("text_empty", "text_not_utf8")
