@@ -21,6 +21,7 @@ INSTALL_REQUIRES = [
     "pillow>=11",
     "safetensors>=0.8,<0.9",
     "pyarrow>=14",   # img2dataset parquet sources
+    "importlib_resources",   # TFDS needs it to prepare datasets and does not declare it
     "numpy>=2.0",
 ]
 

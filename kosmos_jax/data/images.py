@@ -74,9 +74,14 @@ def decode_image_bytes(encoded: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
       raise ImageError("image_corrupt", f"cannot decode ({type(e).__name__}: {e})") from None
 
 
-def _decode_or_code(encoded: bytes, max_pixels: int) -> tuple[np.ndarray, np.int32]:
+def numpy_bytes(value) -> bytes:
+  """The bytes of a tf.string scalar as `tf.numpy_function` passes it (a 0-d object array)."""
+  return value.item() if isinstance(value, np.ndarray) else bytes(value)
+
+
+def _decode_or_code(encoded, max_pixels) -> tuple[np.ndarray, np.int32]:
   try:
-    return decode_image_bytes(bytes(encoded), int(max_pixels)), np.int32(0)
+    return decode_image_bytes(numpy_bytes(encoded), int(max_pixels)), np.int32(0)
   except ImageError as e:
     return np.zeros([1, 1, 3], np.uint8), np.int32(IMAGE_REASONS.index(e.reason) + 1)
 
@@ -96,7 +101,7 @@ def decode_image(encoded: tf.Tensor, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS)
   """In tf.data: encoded bytes -> uint8 [H, W, 3]; an unusable image raises (InvalidArgument),
   for pipelines that drop such records with `ignore_errors`."""
   def decode(data, limit):
-    return decode_image_bytes(bytes(data), int(limit))
+    return decode_image_bytes(numpy_bytes(data), int(limit))
   image = tf.numpy_function(decode, [encoded, max_pixels], tf.uint8, stateful=False)
   image.set_shape([None, None, 3])
   return image

@@ -8,6 +8,8 @@
   text_source                .txt / .txt.gz corpora (documents per line or per blank-line block)
   jsonl_text_source          JSONL text corpora (field configurable)
 
+Shuffled, a source streams `num_epochs` epochs (None: endless, for training), each in a new
+seeded order; unshuffled it is one pass in file order (evaluation, inspection).
 All shard by file across hosts (by record when there are fewer files than hosts), stream,
 shuffle files and a buffer with seeds, checkpoint their exact position, and skip unusable
 records counted by reason (`preprocessors.record_counts()`, `data/*` in training metrics).
@@ -48,12 +50,13 @@ def webdataset_source(split_to_filepattern: SplitPatterns,
                       image_extensions: Sequence[str] = webdataset.IMAGE_EXTENSIONS,
                       text_extension: str = "txt", caption_field: Optional[str] = None,
                       min_image_bytes: int = 0, shuffle_buffer_size: int = 10_000,
-                      cycle_length: int = 4) -> records.IndexedFileSource:
+                      cycle_length: int = 4,
+                      num_epochs: Optional[int] = None) -> records.IndexedFileSource:
   """Image-caption pairs from WebDataset tars (img2dataset's webdataset output)."""
   fmt = webdataset.WebDatasetImageText(image_extensions, text_extension, caption_field,
                                        min_image_bytes)
   return records.IndexedFileSource(_splits(split_to_filepattern), fmt, shuffle_buffer_size,
-                                   cycle_length, name="webdataset")
+                                   cycle_length, name="webdataset", num_epochs=num_epochs)
 
 
 @_configurable
@@ -62,12 +65,14 @@ def img2dataset_parquet_source(split_to_filepattern: SplitPatterns,
                                caption_column: str = "caption", key_column: str = "key",
                                status_column: Optional[str] = "status", min_image_bytes: int = 0,
                                shuffle_buffer_size: int = 10_000,
-                               cycle_length: int = 4) -> records.IndexedFileSource:
+                               cycle_length: int = 4,
+                      num_epochs: Optional[int] = None) -> records.IndexedFileSource:
   """Image-caption pairs from img2dataset parquet files (the image column found by name)."""
   fmt = parquet.Img2DatasetParquet(image_column, caption_column, key_column, status_column,
                                    min_image_bytes)
   return records.IndexedFileSource(_splits(split_to_filepattern), fmt, shuffle_buffer_size,
-                                   cycle_length, name="img2dataset_parquet")
+                                   cycle_length, name="img2dataset_parquet",
+                                   num_epochs=num_epochs)
 
 
 @_configurable
@@ -75,12 +80,13 @@ def mmc4_source(split_to_filepattern: SplitPatterns, image_dir: str = gin.REQUIR
                 assignment: str = "matched", similarity_threshold: Optional[float] = None,
                 min_image_bytes: int = 0, max_document_images: Optional[int] = 50,
                 shuffle_buffer_size: int = 10_000,
-                cycle_length: int = 4) -> records.IndexedFileSource:
+                cycle_length: int = 4,
+                num_epochs: Optional[int] = None) -> records.IndexedFileSource:
   """Interleaved documents from MMC4 jsonl(.zip) files and a folder of their images."""
   fmt = mmc4.MMC4Jsonl(image_dir, assignment, similarity_threshold, min_image_bytes,
                        max_document_images)
   return records.IndexedFileSource(_splits(split_to_filepattern), fmt, shuffle_buffer_size,
-                                   cycle_length, name="mmc4")
+                                   cycle_length, name="mmc4", num_epochs=num_epochs)
 
 
 @_configurable
@@ -88,11 +94,12 @@ def mmc4_tar_source(split_to_filepattern: SplitPatterns, assignment: str = "hung
                     similarity_threshold: Optional[float] = 0.24,
                     min_image_bytes: int = 10 * 1024, max_document_images: Optional[int] = 50,
                     shuffle_buffer_size: int = 10_000,
-                    cycle_length: int = 4) -> records.IndexedFileSource:
+                    cycle_length: int = 4,
+                num_epochs: Optional[int] = None) -> records.IndexedFileSource:
   """Interleaved documents from OpenFlamingo-style MMC4 tars (their loader's defaults)."""
   fmt = mmc4.MMC4Tar(assignment, similarity_threshold, min_image_bytes, max_document_images)
   return records.IndexedFileSource(_splits(split_to_filepattern), fmt, shuffle_buffer_size,
-                                   cycle_length, name="mmc4_tar")
+                                   cycle_length, name="mmc4_tar", num_epochs=num_epochs)
 
 
 @_configurable
@@ -105,19 +112,19 @@ def tfds_source(builder_name: str, data_dir: Optional[str] = None, image_key: st
 
 @_configurable
 def text_source(split_to_filepattern: SplitPatterns, mode: str = "block",
-                shuffle_buffer_size: int = 10_000,
-                cycle_length: int = 4) -> text_files.TextFileSource:
+                shuffle_buffer_size: int = 10_000, cycle_length: int = 4,
+                num_epochs: Optional[int] = None) -> text_files.TextFileSource:
   """Text documents from .txt / .txt.gz files: one per line (`mode="line"`) or per block."""
   return text_files.TextFileSource(_splits(split_to_filepattern), mode=mode,
                                    shuffle_buffer_size=shuffle_buffer_size,
-                                   cycle_length=cycle_length)
+                                   cycle_length=cycle_length, num_epochs=num_epochs)
 
 
 @_configurable
 def jsonl_text_source(split_to_filepattern: SplitPatterns, field: str = "text",
-                      shuffle_buffer_size: int = 10_000,
-                      cycle_length: int = 4) -> text_files.TextFileSource:
+                      shuffle_buffer_size: int = 10_000, cycle_length: int = 4,
+                      num_epochs: Optional[int] = None) -> text_files.TextFileSource:
   """Text documents from JSONL (.jsonl / .jsonl.gz) files, the text in `field`."""
   return text_files.TextFileSource(_splits(split_to_filepattern), jsonl_field=field,
                                    shuffle_buffer_size=shuffle_buffer_size,
-                                   cycle_length=cycle_length)
+                                   cycle_length=cycle_length, num_epochs=num_epochs)

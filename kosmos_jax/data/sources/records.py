@@ -6,7 +6,7 @@ whose tf.data pipeline holds only tf state, so a data checkpoint (the tf.data it
 the exact position, shuffle buffers included, and a resumed run reads exactly what an
 uninterrupted one would (docs/data.md §8):
 
-  file ids -> host shard -> shuffled (seeded, new order every epoch)
+  file ids -> host shard -> epoch after epoch, each in its own seeded order
     -> interleave `cycle_length` files, each `range(count(file))`   # (file id, record index)
     -> [record-level host shard when there are fewer files than hosts]
     -> shuffle buffer of (file, record) pairs (cheap: two ints, not decoded images)
@@ -91,11 +91,15 @@ def _empty_like(spec: tf.TensorSpec) -> np.ndarray:
 
 
 class IndexedFileSource(seqio.DataSource):
-  """A seqio DataSource over files of a `RecordFormat` (see the module docstring)."""
+  """A seqio DataSource over files of a `RecordFormat` (see the module docstring).
+
+  Shuffled, it is a stream of `num_epochs` epochs (None: endless), each in a new order that the
+  data checkpoint resumes exactly; unshuffled, one pass in file order (evaluation, inspection).
+  """
 
   def __init__(self, split_to_filepattern: Mapping[str, FilePatterns], record_format: RecordFormat,
                shuffle_buffer_size: int = 10_000, cycle_length: int = 4,
-               name: Optional[str] = None):
+               name: Optional[str] = None, num_epochs: Optional[int] = None):
     if shuffle_buffer_size < 1 or cycle_length < 1:
       raise ValueError(f"{name or type(record_format).__name__}: shuffle_buffer_size="
                        f"{shuffle_buffer_size} and cycle_length={cycle_length} must be >= 1")
@@ -105,6 +109,7 @@ class IndexedFileSource(seqio.DataSource):
     self.shuffle_buffer_size = shuffle_buffer_size
     self.cycle_length = cycle_length
     self.name = name or type(record_format).__name__
+    self.num_epochs = num_epochs
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -118,18 +123,20 @@ class IndexedFileSource(seqio.DataSource):
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
                   shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
                   use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
-    del sequence_length, use_cached
+    del sequence_length, use_cached, num_epochs   # seqio's own; see the class docstring
     files = self.list_shards(split)
+    seed = resolve_seed(seed)
     pairs = record_pairs(len(files), self._counter(files), shuffle=shuffle, seed=seed,
-                         shard_info=shard_info, cycle_length=self.cycle_length)
+                         shard_info=shard_info, cycle_length=self.cycle_length,
+                         num_epochs=self.num_epochs)
     if shuffle:
-      pairs = pairs.shuffle(self.shuffle_buffer_size, seed=None if seed is None else seed + 1)
+      pairs = pairs.shuffle(self.shuffle_buffer_size, seed=seed + 1,
+                            reshuffle_each_iteration=False)
     ds = pairs.map(self._reader(files), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.with_options(pp.stateful_pipeline_options())
     ds = count_tallies(ds, self.record_format.tallies)
     ds = pp.filter_by_code(ds, "_code", self.record_format.reasons + (READ_FAILED,))
-    ds = ds.map(pp.no_autograph(lambda ex: {k: v for k, v in ex.items() if k != "_code"}))
-    return ds.repeat(num_epochs) if num_epochs != 1 else ds
+    return ds.map(pp.no_autograph(lambda ex: {k: v for k, v in ex.items() if k != "_code"}))
 
   def _counter(self, files: Sequence[str]):
     def count(file_id):
@@ -178,19 +185,50 @@ class IndexedFileSource(seqio.DataSource):
     return pp.no_autograph(map_fn)
 
 
-def record_pairs(num_files: int, count_fn, *, shuffle: bool, seed: Optional[int],
-                 shard_info: Optional[seqio.ShardInfo], cycle_length: int) -> tf.data.Dataset:
+def resolve_seed(seed: Optional[int]) -> int:
+  """A shuffle seed: the given one, or (None) one drawn now, fixed for this dataset."""
+  return int(np.random.SeedSequence().generate_state(1)[0]) if seed is None else int(seed)
+
+
+def epoch_file_ids(num_files: int, *, shuffle: bool, seed: int, num_epochs: Optional[int],
+                   file_shard: Optional[seqio.ShardInfo]) -> tf.data.Dataset:
+  """File ids epoch after epoch, each epoch in the order `stateless_shuffle(seed, epoch)`.
+
+  The order is a pure function of (seed, epoch), so the tf.data checkpoint (which holds the
+  epoch counter) resumes it exactly; `Dataset.shuffle(reshuffle_each_iteration=True)` would
+  keep its per-epoch seeds outside the checkpoint. Unshuffled: one epoch in file order.
+  """
+  ids = np.arange(num_files, dtype=np.int64)
+  if file_shard is not None:
+    ids = ids[file_shard.index::file_shard.num_shards]
+  ids = tf.constant(ids)
+  if not shuffle:
+    return tf.data.Dataset.from_tensor_slices(ids)
+  epochs = tf.data.Dataset.range(num_epochs if num_epochs else 2**62)
+
+  def order(epoch):
+    return tf.data.Dataset.from_tensor_slices(
+        tf.random.experimental.stateless_shuffle(ids, seed=tf.stack([seed, epoch])))
+  return epochs.flat_map(order)
+
+
+def host_shards(num_files: int, shard_info: Optional[seqio.ShardInfo]):
+  """(file-level shard, record-level shard): by file when there are at least as many files as
+  shards, else every shard walks all files and keeps every n-th record."""
+  if shard_info is None or shard_info.num_shards <= 1:
+    return None, None
+  if num_files >= shard_info.num_shards:
+    return shard_info, None
+  return None, shard_info
+
+
+def record_pairs(num_files: int, count_fn, *, shuffle: bool, seed: int,
+                 shard_info: Optional[seqio.ShardInfo], cycle_length: int,
+                 num_epochs: Optional[int]) -> tf.data.Dataset:
   """(file id, record index) pairs of this host's shard; see the module docstring."""
-  file_ids = tf.data.Dataset.range(num_files)
-  record_shard = None
-  if shard_info is not None and shard_info.num_shards > 1:
-    if num_files >= shard_info.num_shards:
-      file_ids = file_ids.shard(shard_info.num_shards, shard_info.index)
-    else:   # every host walks the same file order and keeps every n-th record
-      record_shard = shard_info
-      seed = 0 if seed is None else seed
-  if shuffle:
-    file_ids = file_ids.shuffle(num_files, seed=seed, reshuffle_each_iteration=True)
+  file_shard, record_shard = host_shards(num_files, shard_info)
+  file_ids = epoch_file_ids(num_files, shuffle=shuffle, seed=seed, num_epochs=num_epochs,
+                            file_shard=file_shard)
   unreadable = pp.record_counter(FILE_FAILED)
 
   def records_of(file_id):
@@ -202,9 +240,7 @@ def record_pairs(num_files: int, count_fn, *, shuffle: bool, seed: Optional[int]
   pairs = file_ids.interleave(pp.no_autograph(records_of), cycle_length=cycle_length,
                               block_length=1)
   if record_shard is not None:
-    n, index = record_shard.num_shards, record_shard.index
-    pairs = pairs.enumerate().filter(lambda i, pair: tf.equal(i % n, index))
-    pairs = pairs.map(lambda i, pair: pair)
+    pairs = pairs.shard(record_shard.num_shards, record_shard.index)
   return pairs.with_options(pp.stateful_pipeline_options())
 
 

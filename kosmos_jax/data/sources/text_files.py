@@ -11,6 +11,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from kosmos_jax.data import images as images_lib
 from kosmos_jax.data import preprocessors as pp
 from kosmos_jax.data.sources import records
 
@@ -23,8 +24,8 @@ def _compression(path: tf.Tensor) -> tf.Tensor:
 
 
 def _utf8_ok(text: tf.Tensor) -> tf.Tensor:
-  codes = tf.strings.unicode_decode(text, "UTF-8", errors="replace", replacement_char=-1)
-  return tf.reduce_all(codes >= 0)
+  """Valid UTF-8 transcodes to itself; invalid bytes would become U+FFFD."""
+  return tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace"), text)
 
 
 def _blocks(lines: tf.data.Dataset) -> tf.data.Dataset:
@@ -43,13 +44,15 @@ class TextFileSource(seqio.DataSource):
   """A seqio DataSource of `text` (and `key` = file:document number) from text or JSONL files."""
 
   def __init__(self, split_to_filepattern, mode: str = "block", jsonl_field: Optional[str] = None,
-               shuffle_buffer_size: int = 10_000, cycle_length: int = 4):
+               shuffle_buffer_size: int = 10_000, cycle_length: int = 4,
+               num_epochs: Optional[int] = None):
     if jsonl_field is None and mode not in MODES:
       raise ValueError(f"text source: mode={mode!r}; choose one of {MODES}")
     super().__init__(splits=split_to_filepattern.keys(), performs_internal_shuffling=True)
     self._patterns = dict(split_to_filepattern)
     self.mode, self.jsonl_field = mode, jsonl_field
     self.shuffle_buffer_size, self.cycle_length = shuffle_buffer_size, cycle_length
+    self.num_epochs = num_epochs
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -73,26 +76,20 @@ class TextFileSource(seqio.DataSource):
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
                   shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
                   use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
-    del sequence_length, use_cached
-    files = tf.constant(self.list_shards(split))
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    num_files = int(files.shape[0])
-    record_shard = None
-    if shard_info is not None and shard_info.num_shards > 1:
-      if num_files >= shard_info.num_shards:
-        ds = ds.shard(shard_info.num_shards, shard_info.index)
-      else:
-        record_shard, seed = shard_info, 0 if seed is None else seed
-    if shuffle:
-      ds = ds.shuffle(num_files, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(pp.no_autograph(self._documents), cycle_length=self.cycle_length,
-                       block_length=1)
+    del sequence_length, use_cached, num_epochs   # epochs: see records.IndexedFileSource
+    files = self.list_shards(split)
+    seed = records.resolve_seed(seed)
+    file_shard, record_shard = records.host_shards(len(files), shard_info)
+    ids = records.epoch_file_ids(len(files), shuffle=shuffle, seed=seed,
+                                 num_epochs=self.num_epochs, file_shard=file_shard)
+    paths = tf.constant(files)
+    ds = ids.interleave(pp.no_autograph(lambda i: self._documents(paths[i])),
+                        cycle_length=self.cycle_length, block_length=1)
     if record_shard is not None:
       ds = ds.shard(record_shard.num_shards, record_shard.index)
     if shuffle:
-      ds = ds.shuffle(self.shuffle_buffer_size, seed=None if seed is None else seed + 1)
-    ds = self._checked(ds)
-    return ds.repeat(num_epochs) if num_epochs != 1 else ds
+      ds = ds.shuffle(self.shuffle_buffer_size, seed=seed + 1, reshuffle_each_iteration=False)
+    return self._checked(ds)
 
   def _checked(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     if self.jsonl_field is not None:
@@ -100,7 +97,7 @@ class TextFileSource(seqio.DataSource):
 
       def parse(line):
         try:
-          value = json.loads(bytes(line))
+          value = json.loads(images_lib.numpy_bytes(line))
         except (ValueError, UnicodeDecodeError):
           return b"", np.int32(1)
         if not isinstance(value, dict) or not isinstance(value.get(field), str):

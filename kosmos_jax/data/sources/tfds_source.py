@@ -36,8 +36,8 @@ class TfdsImageText(seqio.DataSource):
     self._tfds = tfds
     self.builder_name, self.data_dir = builder_name, data_dir
     self.image_key, self.caption_key = image_key, caption_key
-    self._splits = dict(splits or {"train": "train", "validation": "validation"})
-    super().__init__(splits=self._splits.keys(), performs_internal_shuffling=True)
+    self._tfds_splits = dict(splits or {"train": "train", "validation": "validation"})
+    super().__init__(splits=self._tfds_splits.keys(), performs_internal_shuffling=True)
 
   def _builder(self):
     try:
@@ -53,16 +53,16 @@ class TfdsImageText(seqio.DataSource):
 
   def list_shards(self, split: str) -> Sequence[str]:
     info = self._builder().info
-    return [f"{self.builder_name}/{self._splits[split]}/{i}"
-            for i in range(info.splits[self._splits[split]].num_shards)]
+    return [f"{self.builder_name}/{self._tfds_splits[split]}/{i}"
+            for i in range(info.splits[self._tfds_splits[split]].num_shards)]
 
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: Optional[int] = None,
                   shard_info: Optional[seqio.ShardInfo] = None, *, sequence_length=None,
                   use_cached: bool = False, num_epochs: Optional[int] = 1) -> tf.data.Dataset:
-    del sequence_length, use_cached
+    del sequence_length, use_cached, num_epochs   # seqio repeats
     tfds = self._tfds
     builder = self._builder()
-    tfds_split = self._splits[split]
+    tfds_split = self._tfds_splits[split]
     num_files = builder.info.splits[tfds_split].num_shards
     context, record_shard = None, None
     if shard_info is not None and shard_info.num_shards > 1:
@@ -71,15 +71,19 @@ class TfdsImageText(seqio.DataSource):
                                              input_pipeline_id=shard_info.index)
       else:
         record_shard = shard_info
+    # Same file order every epoch: a per-epoch reshuffle keeps its seeds outside the data
+    # checkpoint, which would break exact resume.
     read_config = tfds.ReadConfig(input_context=context, add_tfds_id=True,
-                                  shuffle_seed=0 if seed is None else seed)
+                                  shuffle_seed=0 if seed is None else seed,
+                                  shuffle_reshuffle_each_iteration=False)
     decoders = {self.image_key: tfds.decode.SkipDecoding()}
     ds = builder.as_dataset(split=tfds_split, shuffle_files=shuffle, read_config=read_config,
                             decoders=decoders)
     if record_shard is not None:
       ds = ds.shard(record_shard.num_shards, record_shard.index)
     if shuffle:
-      ds = ds.shuffle(10_000, seed=None if seed is None else seed + 1)
+      ds = ds.shuffle(10_000, seed=0 if seed is None else seed + 1,
+                      reshuffle_each_iteration=False)
 
     def convert(ex):
       caption = _get(ex, self.caption_key, self.builder_name)
@@ -89,6 +93,5 @@ class TfdsImageText(seqio.DataSource):
       return {"key": ex["tfds_id"], "image": _get(ex, self.image_key, self.builder_name),
               "text": caption}
     ds = ds.map(pp.no_autograph(convert), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = pp.filter_and_count(ds, lambda ex: tf.not_equal(tf.strings.strip(ex["text"]), ""),
-                             records.TEXT_REASONS[0])
-    return ds.repeat(num_epochs) if num_epochs != 1 else ds
+    return pp.filter_and_count(ds, lambda ex: tf.not_equal(tf.strings.strip(ex["text"]), ""),
+                               records.TEXT_REASONS[0])
