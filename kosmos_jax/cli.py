@@ -58,7 +58,18 @@ def message(error: BaseException) -> str:
 def run(main: Callable[[Sequence[str]], Optional[int]], argv: Optional[Sequence[str]] = None
         ) -> None:
   """`absl.app.run(main)` with user errors reported as one line."""
+  import kosmos_jax  # pylint: disable=g-import-not-at-top  (the package root, for its stderr guard)
+  startup = kosmos_jax.quiet_native_stderr()
+  startup.__enter__()   # absl's start-up flushes buffered native log lines; main's output is not held
+
+  def end_startup():
+    nonlocal startup
+    if startup is not None:
+      startup.__exit__(None, None, None)
+      startup = None
+
   def guarded(args):
+    end_startup()
     quiet_libraries()
     try:
       return main(args)
@@ -68,4 +79,7 @@ def run(main: Callable[[Sequence[str]], Optional[int]], argv: Optional[Sequence[
       print(f"error: {message(e)}", file=sys.stderr)
       print(f"(set {TRACEBACK_ENV}=1 or pass --verbosity=1 for the traceback)", file=sys.stderr)
       sys.exit(USER_ERROR_EXIT)
-  app.run(guarded, argv=argv)
+  try:
+    app.run(guarded, argv=argv)
+  finally:
+    end_startup()   # e.g. a flag parsing error: its message is passed on

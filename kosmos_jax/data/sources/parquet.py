@@ -37,7 +37,7 @@ def _parquet_file(path: str):
 class Img2DatasetParquet(records.RecordFormat):
   """Rows of img2dataset parquet files (row groups are read whole and cached)."""
 
-  reasons = ("status_not_success", "missing_image", "image_too_small", *records.TEXT_REASONS)
+  reasons = ("status_not_success", "image_missing", "image_too_small", *records.TEXT_REASONS)
 
   def __init__(self, image_column: Optional[str] = None, caption_column: str = "caption",
                key_column: str = "key", status_column: Optional[str] = "status",
@@ -106,7 +106,7 @@ class Img2DatasetParquet(records.RecordFormat):
         raise records.SkipRecord("status_not_success")
     image = rows[image_column][row]
     if not image:
-      raise records.SkipRecord("missing_image")
+      raise records.SkipRecord("image_missing")
     if self.min_image_bytes and len(image) <= self.min_image_bytes:
       raise records.SkipRecord("image_too_small")
     text = records.check_text(rows[self.caption_column][row])

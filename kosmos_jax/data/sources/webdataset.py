@@ -30,7 +30,7 @@ def parse_json(data: bytes, what: str) -> Any:
 class WebDatasetImageText(records.RecordFormat):
   """One image and its caption per sample."""
 
-  reasons = ("missing_image", "json_malformed", "status_not_success", "image_too_small",
+  reasons = ("image_missing", "json_malformed", "status_not_success", "image_too_small",
              *records.TEXT_REASONS)
 
   def __init__(self, image_extensions: Sequence[str] = IMAGE_EXTENSIONS,
@@ -59,7 +59,7 @@ class WebDatasetImageText(records.RecordFormat):
         raise records.SkipRecord("status_not_success")
     image_ext = next((e for e in self.image_extensions if e in sample.parts), None)
     if image_ext is None:
-      raise records.SkipRecord("missing_image")
+      raise records.SkipRecord("image_missing")
     if self.caption_field is not None:
       text = meta.get(self.caption_field) if isinstance(meta, dict) else None
     elif self.text_extension in sample.parts:
