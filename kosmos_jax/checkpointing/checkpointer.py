@@ -3,8 +3,9 @@ operative config, saved together under MODEL_DIR/checkpoints/<step>/.
 
 - `state`: StandardSave of the TrainState; restored against an abstract target that carries the
   *current* mesh's shardings, so a checkpoint written on 8 devices restores on 4.
-- `data`: each process writes its own iterator state (`process_<i>`), through any iterator with
-  `save(path)` / `restore(path)` (the SeqIO pipeline checkpoints its tf.data iterator).
+- `data`: the data position. The training iterator (`data.sharded_iterator`) writes one state
+  per virtual data shard, readable on any host count; other iterators with `save(path)` /
+  `restore(path)` get one directory per process (`process_<i>`).
 - `config`: JSON with the operative gin config and the model config.
 Async saves by default; keeps the last N plus every K-th step.
 """
@@ -18,6 +19,7 @@ from typing import Any, Optional
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 from kosmos_jax import paths
 from kosmos_jax.checkpointing import run_dir
@@ -29,6 +31,10 @@ class DataIteratorHandler(ocp.CheckpointHandler):
 
   def save(self, directory: epath.Path, args: "DataIteratorSave") -> None:
     directory = epath.Path(directory)
+    if getattr(args.iterator, "host_independent", False):
+      directory.mkdir(parents=True, exist_ok=True)
+      args.iterator.save(os.fspath(directory))   # its own layout, readable on any host count
+      return
     process_dir = directory / f"process_{jax.process_index()}"
     process_dir.mkdir(parents=True, exist_ok=True)
     written = args.iterator.save(os.fspath(process_dir)) or os.fspath(process_dir)
@@ -39,6 +45,11 @@ class DataIteratorHandler(ocp.CheckpointHandler):
 
   def restore(self, directory: epath.Path, args: "DataIteratorRestore") -> Any:
     directory = epath.Path(directory)
+    if getattr(args.iterator, "host_independent", False):
+      if not (directory / "layout.json").exists():
+        raise ValueError("the data position was saved per process by an older layout")
+      args.iterator.restore(os.fspath(directory))
+      return args.iterator
     saved_count = int((directory / "process_count").read_text())
     if saved_count != jax.process_count():
       raise ValueError(f"data iterator was saved by {saved_count} processes, now "
@@ -102,8 +113,9 @@ class Checkpointer:
       if item_dir.exists():
         try:
           DataIteratorHandler().restore(item_dir, DataIteratorRestore(data_iterator))
-        except (ValueError, OSError) as e:
-          logging.warning("checkpoint: data iterator not restored (%s); data restarts", e)
+        except (ValueError, OSError, tf.errors.OpError) as e:
+          logging.warning("checkpoint: data position of step %d not restored (%s); the data "
+                          "restarts from its beginning", step, e)
       else:
         logging.warning("checkpoint: step %d has no data iterator state; data restarts", step)
     return restored["state"]

@@ -9,6 +9,7 @@ from typing import Mapping, Optional
 import jax
 
 from kosmos_jax.data import pipeline
+from kosmos_jax.data import sharded_iterator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,9 @@ class DatasetConfig:
   seed: Optional[int] = 0
   pack: bool = True
   num_epochs: Optional[int] = None  # None: repeat forever (training)
+  # Virtual data shards (sharded_iterator.py): the data position then resumes on any number of
+  # hosts dividing it. None: one per host (a resume must keep the host count).
+  num_data_shards: Optional[int] = None
 
   @property
   def length(self) -> int:
@@ -33,15 +37,24 @@ class DatasetConfig:
 
 
 def make_iterator(config: DatasetConfig, *, num_image_tokens: int, image_size: int,
-                  **overrides) -> pipeline.DataIterator:
-  """This host's shard of `config` as a checkpointable numpy iterator (batch = global / hosts)."""
+                  **overrides) -> sharded_iterator.ShardedDataIterator:
+  """This host's data shards of `config` as a checkpointable numpy iterator (its rows of the
+  global batch). Finite passes (evaluation, `num_epochs` set) read one shard per host."""
   hosts = jax.process_count()
-  if config.batch_size % hosts:
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by {hosts} hosts")
-  kwargs = dict(batch_size=config.batch_size // hosts, length=config.length,
-                num_image_tokens=num_image_tokens, image_size=image_size,
-                max_images=config.max_images, split=config.split, seed=config.seed,
-                shard_index=jax.process_index(), num_shards=hosts, shuffle=config.shuffle,
-                num_epochs=config.num_epochs, pack=config.pack)
-  kwargs.update(overrides)
-  return pipeline.make_iterator(config.mixture_or_task_name, **kwargs)
+  num_epochs = overrides.get("num_epochs", config.num_epochs)
+  shards = config.num_data_shards or hosts
+  if num_epochs is not None:
+    shards = hosts
+  sharded_iterator.check_layout(config.batch_size, shards, hosts)
+
+  def make_shard(index: int, count: int) -> pipeline.DataIterator:
+    kwargs = dict(batch_size=config.batch_size // count, length=config.length,
+                  num_image_tokens=num_image_tokens, image_size=image_size,
+                  max_images=config.max_images, split=config.split, seed=config.seed,
+                  shard_index=index, num_shards=count, shuffle=config.shuffle,
+                  num_epochs=config.num_epochs, pack=config.pack)
+    kwargs.update(overrides)
+    return pipeline.make_iterator(config.mixture_or_task_name, **kwargs)
+  return sharded_iterator.ShardedDataIterator(make_shard, num_data_shards=shards,
+                                              process_index=jax.process_index(),
+                                              process_count=hosts)

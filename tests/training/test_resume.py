@@ -62,11 +62,8 @@ def test_preempted_and_resumed_training_equals_straight_training(tmp_path, monke
         os.kill(os.getpid(), signal.SIGTERM)
       return next(self.inner)
 
-    def save(self, directory):
-      return self.inner.save(directory)
-
-    def restore(self, path):
-      return self.inner.restore(path)
+    def __getattr__(self, name):   # save, restore, host_independent, ...
+      return getattr(self.inner, name)
 
   monkeypatch.setattr(dataset_config, "make_iterator",
                       lambda *a, **k: SigtermAfter(real_make_iterator(*a, **k), at=2))
