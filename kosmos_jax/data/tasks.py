@@ -289,6 +289,7 @@ class _CastingTFExampleDataSource(seqio.TFExampleDataSource):
 
 try:   # lets gin build vocabularies: `team/KosmosVocabulary.sentencepiece_model_file = "..."`
   gin.external_configurable(KosmosVocabulary, module="kosmos_jax.data")
+  gin.external_configurable(synthetic.ShapesVocabulary, module="kosmos_jax.data")
 except ValueError:   # already registered (a reload of this module)
   pass
 

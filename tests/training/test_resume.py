@@ -89,16 +89,22 @@ def test_preempted_and_resumed_training_equals_straight_training(tmp_path, monke
           "train/examples_per_sec", "train/step_time"} <= set(train_records[0])
 
 
-@pytest.mark.slow
-def test_killed_process_resumes_from_its_last_checkpoint(tmp_path):
-  """SIGKILL (no chance to save) after the first checkpoint; the restart must reproduce the
-  straight run's losses and params."""
-  cmd = [sys.executable, "-m", "kosmos_jax.train", "--gin_file=experiments/shapes_tiny.gin"]
-  cmd += [f"--gin.{o}" for o in OVERRIDES]
+def last_loss_per_step(model_dir):
+  out = {}
+  for line in open(model_dir / "metrics.jsonl"):
+    record = json.loads(line)
+    if "train/loss" in record:
+      out[record["step"]] = record["train/loss"]
+  return out
+
+
+def kill_and_resume_equals_straight(tmp_path, cmd):
+  """Runs `cmd` straight; runs it again, SIGKILLs it (no chance to save) once its first
+  checkpoint is complete, restarts it; the per-step losses must be the straight run's."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
   subprocess.run(cmd + [f"--gin.MODEL_DIR='{straight_dir}'"], check=True, env=env,
-                 capture_output=True, timeout=600)
+                 capture_output=True, timeout=600, cwd=os.getcwd())
   proc = subprocess.Popen(cmd + [f"--gin.MODEL_DIR='{killed_dir}'"], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   first = killed_dir / "checkpoints" / str(STEPS // 2)
@@ -110,15 +116,38 @@ def test_killed_process_resumes_from_its_last_checkpoint(tmp_path):
   proc.wait()
   subprocess.run(cmd + [f"--gin.MODEL_DIR='{killed_dir}'"], check=True, env=env,
                  capture_output=True, timeout=600)
+  resumed = last_loss_per_step(killed_dir)
+  assert sorted(resumed) == list(range(1, STEPS + 1))
+  assert resumed == last_loss_per_step(straight_dir)
 
-  def last_loss_per_step(model_dir):
-    out = {}
-    for line in open(model_dir / "metrics.jsonl"):
-      record = json.loads(line)
-      if "train/loss" in record:
-        out[record["step"]] = record["train/loss"]
-    return out
-  assert last_loss_per_step(killed_dir) == last_loss_per_step(straight_dir)
+
+@pytest.mark.slow
+def test_killed_process_resumes_from_its_last_checkpoint(tmp_path):
+  """The shapes mixture (generated data)."""
+  cmd = [sys.executable, "-m", "kosmos_jax.train", "--gin_file=experiments/shapes_tiny.gin"]
+  kill_and_resume_equals_straight(tmp_path, cmd + [f"--gin.{o}" for o in OVERRIDES])
+
+
+def test_killed_run_on_a_webdataset_task_resumes_exactly(tmp_path):
+  """Image-caption pairs read from WebDataset tars (img2dataset's layout): the data position of
+  a file-based source, shuffle buffer and packing included, survives SIGKILL."""
+  from tests.data import layouts   # pylint: disable=g-import-not-at-top
+  layouts.shapes_caption_shards(str(tmp_path / "shards"), num_shards=3, count=300)
+  data_gin = tmp_path / "wds.gin"
+  data_gin.write_text(f"""
+from kosmos_jax.data import sources
+from kosmos_jax.data import tasks
+wds/webdataset_source.split_to_filepattern = {{'train': '{tmp_path}/shards/*.tar'}}
+wds/webdataset_source.shuffle_buffer_size = 64
+wds/image_text_task.name = 'wds_shapes_captions'
+wds/image_text_task.source = @wds/webdataset_source()
+wds/image_text_task.vocabulary = @ShapesVocabulary()
+wds/image_text_task.image_size = 32
+MIXTURE_OR_TASK_NAME = @wds/image_text_task()
+""")
+  cmd = [sys.executable, "-m", "kosmos_jax.train", "--gin_file=experiments/shapes_tiny.gin",
+         f"--gin_file={data_gin}"]
+  kill_and_resume_equals_straight(tmp_path, cmd + [f"--gin.{o}" for o in OVERRIDES])
 
 
 def test_checkpoint_from_8_devices_restores_on_4(tmp_path):
