@@ -33,7 +33,13 @@ REQUIRED = ["MODEL_DIR='/tmp/kosmos_gin_test'", "MIXTURE_OR_TASK_NAME='shapes_ca
             "HELLASWAG_ROOT='/tmp/kosmos_evals/hellaswag'", "PIQA_ROOT='/tmp/kosmos_evals/piqa'",
             "COPA_ROOT='/tmp/kosmos_evals/copa'", "BOOLQ_ROOT='/tmp/kosmos_evals/boolq'",
             "CB_ROOT='/tmp/kosmos_evals/cb'", "STORYCLOZE_ROOT='/tmp/kosmos_evals/storycloze'",
-            "WINOGRANDE_ROOT='/tmp/kosmos_evals/winogrande'"]
+            "WINOGRANDE_ROOT='/tmp/kosmos_evals/winogrande'",
+            # gin/data/*.gin: where each layout's files are
+            "SPM_MODEL='/tmp/kosmos_data/spm.model'", "WEBDATASET_FILES='/tmp/kosmos_data/*.tar'",
+            "PARQUET_FILES='/tmp/kosmos_data/*.parquet'", "MMC4_FILES='/tmp/kosmos_data/*.zip'",
+            "MMC4_IMAGE_DIR='/tmp/kosmos_data/images'", "MMC4_TAR_FILES='/tmp/kosmos_data/*.tar'",
+            "TFDS_NAME='coco_captions'", "TEXT_FILES='/tmp/kosmos_data/*.txt.gz'",
+            "JSONL_FILES='/tmp/kosmos_data/*.jsonl'"]
 
 
 @pytest.fixture(autouse=True)
