@@ -96,6 +96,7 @@ class TextDecoder(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   scan_layers: bool = True
+  scan_unroll: int = 0
   remat_policy: str = "none"
 
   @nn.compact
@@ -135,7 +136,8 @@ class TextDecoder(nn.Module):
     layer_kwargs = dict(config=c, dtype=self.dtype, param_dtype=self.param_dtype,
                         deterministic=deterministic, decode=decode)
     x, _ = layers.apply_layer_stack(DecoderLayer, layer_kwargs, c.num_layers, x, mask, positions,
-                                    ~is_pad, scan=self.scan_layers, remat=self.remat_policy)
+                                    ~is_pad, scan=self.scan_layers, remat=self.remat_policy,
+                                    unroll=self.scan_unroll)
     x = layers.LayerNorm("embed", c.layer_norm_eps, self.dtype, self.param_dtype,
                          name="layer_norm")(x)
     if c.tie_word_embeddings:

@@ -31,12 +31,13 @@ class Kosmos(nn.Module):
   def setup(self):
     c = self.config
     kw = dict(dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype))
-    self.vision = VisionEncoder(c.vision, scan_layers=c.scan_layers, remat_policy=c.remat_policy,
-                                **kw)
+    self.vision = VisionEncoder(c.vision, scan_layers=c.scan_layers, scan_unroll=c.scan_unroll,
+                                remat_policy=c.remat_policy, **kw)
     self.connector = Resampler(c.connector, embed_dim=c.text.embed_dim,
                                num_heads=c.text.num_heads, layer_norm_eps=c.text.layer_norm_eps,
                                **kw)
-    self.text = TextDecoder(c.text, scan_layers=c.scan_layers, remat_policy=c.remat_policy, **kw)
+    self.text = TextDecoder(c.text, scan_layers=c.scan_layers, scan_unroll=c.scan_unroll,
+                            remat_policy=c.remat_policy, **kw)
 
   def encode_images(self, images: Array, deterministic: bool = True) -> Array:
     """[batch, num_images, H, W, 3] -> image embeddings [batch, num_images, latents, embed]."""

@@ -314,15 +314,25 @@ def remat_policy(name: str):
   return policies[name]
 
 
+def resolve_unroll(unroll: int, num_layers: int) -> int:
+  """Layers per scan iteration: `unroll` if positive; 0 (auto) = all layers on CPU, where the
+  rolled loop's stacked residual buffers cost more than the compile time saved, else 1."""
+  if unroll > 0:
+    return min(unroll, num_layers)
+  return num_layers if jax.default_backend() == "cpu" else 1
+
+
 def apply_layer_stack(layer_cls: type[nn.Module], layer_kwargs: dict, num_layers: int,
-                      x: Array, *args, scan: bool, remat: str) -> tuple[Array, Any]:
+                      x: Array, *args, scan: bool, remat: str,
+                      unroll: int = 0) -> tuple[Array, Any]:
   """Applies `num_layers` copies of `layer_cls` to x; call inside a compact method.
 
   The layer's __call__(x, *args) must return (x, y) (the nn.scan carry convention; y is None
   unless the layer emits per-layer outputs, which come back stacked on a leading axis). With
   scan=True the params live under `layers` with a leading 'layers' axis (one compiled body);
   otherwise under `layers_0..N-1`, as in HF checkpoints. `args` are broadcast to every layer.
-  remat != "none" rematerialises each layer with that named policy.
+  remat != "none" rematerialises each layer with that named policy. `unroll`: layers per scan
+  iteration (`resolve_unroll`; the parameter layout does not change).
   Returns (x, stacked per-layer outputs or None).
   """
   cls = layer_cls
@@ -335,6 +345,7 @@ def apply_layer_stack(layer_cls: type[nn.Module], layer_kwargs: dict, num_layers
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,) * len(args),
         length=num_layers,
+        unroll=resolve_unroll(unroll, num_layers),
         metadata_params={nn.PARTITION_NAME: "layers"})
     return stack(**layer_kwargs, name="layers")(x, *args)
   outputs = []

@@ -57,6 +57,7 @@ class VisionEncoder(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   scan_layers: bool = True
+  scan_unroll: int = 0
   remat_policy: str = "none"
 
   @nn.compact
@@ -89,7 +90,8 @@ class VisionEncoder(nn.Module):
     last = c.feature_layer in (-1, c.num_layers - 1)
     layer_kwargs = dict(config=c, deterministic=deterministic, emit_hidden=not last, **kw)
     x, hidden = layers.apply_layer_stack(VisionLayer, layer_kwargs, c.num_layers, x,
-                                         scan=self.scan_layers, remat=self.remat_policy)
+                                         scan=self.scan_layers, remat=self.remat_policy,
+                                    unroll=self.scan_unroll)
     if not last:
       x = hidden[c.feature_layer]
     post_ln = layers.LayerNorm("vision_embed", c.layer_norm_eps, name="post_layernorm", **kw)
