@@ -111,7 +111,9 @@ def make_mesh(config: MeshConfig, devices: Optional[Sequence[jax.Device]] = None
   if num_slices > 1:
     device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
   elif devices[0].platform == "tpu":
-    device_array = mesh_utils.create_device_mesh(ici, devices)  # topology-aware on TPU
+    # Topology-aware on TPU. Splitting physical axes lets e.g. fsdp=8 live on a 4x4x4 v5p
+    # torus (otherwise every mesh axis must be a product of whole torus axes).
+    device_array = mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True)
   else:
     device_array = np.asarray(devices).reshape(ici)
   return Mesh(device_array, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
