@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import sys
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 from absl import flags
 import gin
@@ -42,13 +42,88 @@ GIN_SEARCH_PATHS = flags.DEFINE_list("gin_search_paths", [], "folders searched f
 # __main__ and the gin files import it again as kosmos_jax.train.
 MULTIPROCESS = flags.DEFINE_bool(
     "multiprocess", False,
-    "call jax.distributed.initialize() first (multi-host TPU pods, SLURM GPU clusters)")
+    "call jax.distributed.initialize() first; alone it auto-detects the cluster (Cloud TPU, "
+    "SLURM), or give --coordinator_address, --num_processes and --process_id")
+COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "--multiprocess: HOST:PORT of process 0 (e.g. 10.0.0.2:1234)")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--multiprocess: processes in all")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "--multiprocess: this process, 0..N-1")
+CPU_COLLECTIVES = flags.DEFINE_enum(
+    "cpu_collectives", "auto", ["auto", "gloo", "mpi", "none"],
+    "cross-process collectives on CPU; auto: gloo when the platform is CPU and "
+    "--num_processes > 1 (several CPU processes on one machine or a CPU cluster)")
+
+
+def distributed_args(multiprocess: bool, coordinator_address: Optional[str] = None,
+                     num_processes: Optional[int] = None, process_id: Optional[int] = None
+                     ) -> Optional[dict[str, Any]]:
+  """kwargs for jax.distributed.initialize(), or None for a single-process run.
+
+  Raises ValueError (one line) when the flags do not make one consistent cluster."""
+  explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes,
+              "process_id": process_id}
+  given = {k: v for k, v in explicit.items() if v is not None}
+  if not multiprocess:
+    if given:
+      raise ValueError(f"--{' --'.join(given)} need --multiprocess")
+    return None
+  if not given:
+    return {}                       # auto-detection: Cloud TPU, SLURM, ...
+  if coordinator_address is None or num_processes is None:
+    raise ValueError("--multiprocess with explicit settings needs both --coordinator_address="
+                     f"HOST:PORT and --num_processes=N (got {given})")
+  host, sep, port = coordinator_address.rpartition(":")
+  if not sep or not host or not port.isdigit():
+    raise ValueError(f"--coordinator_address={coordinator_address!r}: write HOST:PORT, e.g. "
+                     "127.0.0.1:12355")
+  if num_processes < 1:
+    raise ValueError(f"--num_processes={num_processes} must be at least 1")
+  if process_id is None and num_processes > 1:
+    raise ValueError(f"--num_processes={num_processes} needs --process_id=0..{num_processes - 1}"
+                     " on each process")
+  process_id = 0 if process_id is None else process_id
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id={process_id} must be in 0..{num_processes - 1} "
+                     f"(--num_processes={num_processes})")
+  return {"coordinator_address": coordinator_address, "num_processes": num_processes,
+          "process_id": process_id}
+
+
+def _platform_is_cpu() -> bool:
+  """Whether JAX will run on CPU, decided without starting a backend (initialize() must come
+  first): JAX_PLATFORMS / jax_platforms if set, else no accelerator plugin installed."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  platforms = jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  plugins = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+             "jax_rocm7_plugin")
+  return not any(importlib.util.find_spec(name) for name in plugins)
+
+
+def cpu_collectives(choice: str, num_processes: Optional[int], platform_is_cpu: bool
+                    ) -> Optional[str]:
+  """The jax_cpu_collectives_implementation to set, or None to leave JAX's default."""
+  if choice == "none":
+    return None
+  if choice != "auto":
+    return choice
+  return "gloo" if platform_is_cpu and (num_processes or 1) > 1 else None
 
 
 def maybe_initialize_distributed() -> None:
-  if MULTIPROCESS.value:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()
+  """jax.distributed.initialize() as the --multiprocess flags say (call before any jax use)."""
+  kwargs = distributed_args(MULTIPROCESS.value, COORDINATOR_ADDRESS.value, NUM_PROCESSES.value,
+                            PROCESS_ID.value)
+  if kwargs is None:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  implementation = cpu_collectives(CPU_COLLECTIVES.value, kwargs.get("num_processes"),
+                                   _platform_is_cpu())
+  if implementation:
+    jax.config.update("jax_cpu_collectives_implementation", implementation)
+  jax.distributed.initialize(**kwargs)
 
 
 def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:

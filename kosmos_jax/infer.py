@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from kosmos_jax import cli
+from kosmos_jax import gin_utils
 from kosmos_jax import paths
 from kosmos_jax.data import images as images_lib
 from kosmos_jax.data import prompts as prompts_lib
@@ -208,6 +209,7 @@ def serve_lines(lines: Sequence[tuple[int, str]], base: str, size: int,
 
 def main(argv: Sequence[str]) -> int:
   del argv
+  gin_utils.maybe_initialize_distributed()   # --multiprocess
   if not _CHECKPOINT.value:
     raise cli.UserError("--checkpoint is required: give a training run dir, a weights-only "
                         "checkpoint or a Hugging Face Kosmos-2 dir")
