@@ -26,7 +26,6 @@ from typing import Any, Callable, Optional, Sequence
 
 from absl import flags
 import numpy as np
-import tensorflow as tf
 
 from kosmos_jax import cli
 from kosmos_jax import gin_utils
@@ -76,7 +75,7 @@ def check_image_file(path: str, hint: str = "") -> None:
     raise cli.UserError(f"image {path!r} {what}{hint}")
   if os.path.getsize(path) == 0:
     raise cli.UserError(f"image {path!r} is an empty file (0 bytes): replace it with a "
-                        "JPEG/PNG/GIF/BMP")
+                        "JPEG/PNG/WebP/GIF/BMP")
 
 
 def read_image(path: str, size: int, hint: str = "") -> np.ndarray:
@@ -85,11 +84,11 @@ def read_image(path: str, size: int, hint: str = "") -> np.ndarray:
   check_image_file(path, hint)
   try:
     return images_lib.read_image_file(path, size)
+  except images_lib.ImageError as e:
+    raise cli.UserError(f"image {path!r} cannot be decoded ({e}): use a JPEG, PNG, WebP, GIF or "
+                        "BMP file") from None
   except OSError as e:
     raise cli.UserError(f"image {path!r} cannot be read: {e.strerror or e}") from None
-  except tf.errors.OpError:   # tf.io.decode_image: InvalidArgumentError for non-image bytes
-    raise cli.UserError(f"image {path!r} cannot be decoded: not a JPEG/PNG/GIF/BMP file or "
-                        "corrupt; replace it") from None
 
 
 def _example(request_id: str, prompt: str, image_paths: Sequence[str], size: int,

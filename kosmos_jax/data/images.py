@@ -1,6 +1,6 @@
 """The one image recipe of training, evaluation and serving: decode with Pillow (JPEG, PNG, WebP,
 GIF, BMP; first frame; EXIF orientation applied; grey, palette, alpha, CMYK and 16-bit to 8-bit
-RGB), bicubic resize of the short side, centre crop to the model's square size.
+RGB), Pillow bicubic resize of the short side, centre crop to the model's square size.
 
 Images larger than a pixel limit are refused from their header, before any pixel is decoded, so a
 decompression bomb costs nothing. Decoding runs inside tf.data through `tf.numpy_function`;
@@ -79,20 +79,40 @@ def numpy_bytes(value) -> bytes:
   return value.item() if isinstance(value, np.ndarray) else bytes(value)
 
 
-def _decode_or_code(encoded, max_pixels) -> tuple[np.ndarray, np.int32]:
+def resize_and_center_crop_array(image: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [H, W, 3] -> uint8 [size, size, 3]: bicubic resize of the short side to `size`,
+  centre crop. Pillow's bicubic (antialiased when shrinking), as the CLIP / Kosmos processors."""
+  height, width = image.shape[:2]
+  if (height, width) == (size, size):
+    return np.asarray(image, np.uint8)
+  scale = size / min(height, width)
+  new_height, new_width = max(size, round(height * scale)), max(size, round(width * scale))
+  resized = Image.fromarray(np.asarray(image, np.uint8))
+  if (new_height, new_width) != (height, width):
+    resized = resized.resize((new_width, new_height), Image.BICUBIC)
+  top, left = (new_height - size) // 2, (new_width - size) // 2
+  return np.asarray(resized.crop((left, top, left + size, top + size)), np.uint8)
+
+
+def _decode_or_code(encoded, max_pixels, size) -> tuple[np.ndarray, np.int32]:
   try:
-    return decode_image_bytes(numpy_bytes(encoded), int(max_pixels)), np.int32(0)
+    image = decode_image_bytes(numpy_bytes(encoded), int(max_pixels))
+    if int(size) > 0:
+      image = resize_and_center_crop_array(image, int(size))
+    return image, np.int32(0)
   except ImageError as e:
-    return np.zeros([1, 1, 3], np.uint8), np.int32(IMAGE_REASONS.index(e.reason) + 1)
+    side = max(int(size), 1)
+    return np.zeros([side, side, 3], np.uint8), np.int32(IMAGE_REASONS.index(e.reason) + 1)
 
 
-def decode_image_checked(encoded: tf.Tensor, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-                         ) -> tuple[tf.Tensor, tf.Tensor]:
-  """In tf.data: encoded bytes -> (uint8 [H, W, 3], int32 code); code 0 is a good image, i + 1
-  means IMAGE_REASONS[i] (the image is then a black 1x1 placeholder)."""
-  image, code = tf.numpy_function(_decode_or_code, [encoded, max_pixels],
+def decode_image_checked(encoded: tf.Tensor, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                         size: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
+  """In tf.data: encoded bytes -> (uint8 image, int32 code), resized and cropped to
+  [size, size, 3] when `size` > 0 (in the same call: one trip to Python per image). Code 0 is
+  a good image; i + 1 means IMAGE_REASONS[i] (the image is then black)."""
+  image, code = tf.numpy_function(_decode_or_code, [encoded, max_pixels, size],
                                   (tf.uint8, tf.int32), stateful=False)
-  image.set_shape([None, None, 3])
+  image.set_shape([size, size, 3] if size > 0 else [None, None, 3])
   code.set_shape([])
   return image, code
 
@@ -108,27 +128,11 @@ def decode_image(encoded: tf.Tensor, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS)
 
 
 def resize_and_center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-  """uint8 [H, W, 3] -> uint8 [size, size, 3]: bicubic resize of the short side, centre crop.
-
-  The CLIP / Kosmos-1 transform; antialiased like PIL's bicubic resize.
-  """
-  shape = tf.shape(image)
-  height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-  scale = tf.cast(size, tf.float32) / tf.minimum(height, width)
-  new_height = tf.maximum(size, tf.cast(tf.round(height * scale), tf.int32))
-  new_width = tf.maximum(size, tf.cast(tf.round(width * scale), tf.int32))
-
-  def resize():
-    resized = tf.image.resize(tf.cast(image, tf.float32), [new_height, new_width],
-                              method="bicubic", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-  same = tf.logical_and(tf.equal(shape[0], new_height), tf.equal(shape[1], new_width))
-  resized = tf.cond(same, lambda: tf.cast(image, tf.uint8), resize)
-  top = (new_height - size) // 2
-  left = (new_width - size) // 2
-  cropped = resized[top:top + size, left:left + size]
-  cropped.set_shape([size, size, 3])
-  return cropped
+  """In tf.data: `resize_and_center_crop_array` on a uint8 [H, W, 3] tensor."""
+  out = tf.numpy_function(lambda im: resize_and_center_crop_array(im, size), [image], tf.uint8,
+                          stateful=False)
+  out.set_shape([size, size, 3])
+  return out
 
 
 def resize_images(images: tf.Tensor, size: int) -> tf.Tensor:
@@ -152,4 +156,4 @@ def read_image_file(path: str, size: int,
     raise FileNotFoundError(f"image {path!r} not found")
   with open(path, "rb") as f:
     encoded = f.read()
-  return resize_and_center_crop(tf.constant(decode_image_bytes(encoded, max_pixels)), size).numpy()
+  return resize_and_center_crop_array(decode_image_bytes(encoded, max_pixels), size)

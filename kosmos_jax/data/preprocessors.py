@@ -21,7 +21,7 @@ import seqio
 import tensorflow as tf
 
 from kosmos_jax.data import images as images_lib
-from kosmos_jax.data.images import DEFAULT_IMAGE_SIZE, resize_and_center_crop
+from kosmos_jax.data.images import DEFAULT_IMAGE_SIZE
 from kosmos_jax.data.vocab import KosmosVocabulary
 
 TASK_FEATURE_KEYS = ("targets", "loss_weights", "images")
@@ -150,10 +150,7 @@ def decode_images(ds: tf.data.Dataset, image_key: str = "image",
   spec = (tf.TensorSpec([image_size, image_size, 3], tf.uint8), tf.TensorSpec([], tf.int32))
 
   def decode_one(encoded):
-    image, code = images_lib.decode_image_checked(encoded, max_image_pixels)
-    image = tf.cond(tf.equal(code, 0), lambda: resize_and_center_crop(image, image_size),
-                    lambda: tf.zeros([image_size, image_size, 3], tf.uint8))
-    return image, code
+    return images_lib.decode_image_checked(encoded, max_image_pixels, image_size)
 
   def decode(ex):
     ex = dict(ex)

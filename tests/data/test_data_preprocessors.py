@@ -140,10 +140,10 @@ def test_decode_images_resizes_and_skips_corrupt_records():
   assert counts_delta(before, "image_corrupt") == 2      # not an image; truncated JPEG
   assert all(ex["image"].shape == (32, 32, 3) and ex["image"].dtype == np.uint8 for ex in out)
   np.testing.assert_array_equal(out[1]["image"], square)       # already the size: untouched
-  # 40x80 -> 32x64 -> centre 32 columns: compare with a direct resize of the middle.
-  reference = tf.image.resize(wide.astype(np.float32), [32, 64], "bicubic", antialias=True)
-  reference = np.clip(np.round(reference.numpy()[:, 16:48]), 0, 255)
-  np.testing.assert_array_equal(out[0]["image"], reference.astype(np.uint8))
+  # 40x80 -> 32x64 with Pillow's bicubic (as CLIP's processor) -> the centre 32 columns.
+  from PIL import Image
+  reference = np.asarray(Image.fromarray(wide).resize((64, 32), Image.BICUBIC))[:, 16:48]
+  np.testing.assert_array_equal(out[0]["image"], reference)
 
   # In a document a bad image goes (with its matched text index); the document stays.
   vectors = tf.data.Dataset.from_tensors({"images": [png_wide, b"", png_square],
