@@ -1,7 +1,7 @@
 """Decoding throughput: new tokens/s of our cached greedy decoding against Hugging Face's
 `Kosmos2ForConditionalGeneration.generate` (PyTorch, CPU), same config, same weights, same run.
 
-  .venv/bin/python benchmarks/decode.py [--new_tokens=32] [--repeats=5] [--batch_sizes=1,8]
+  .venv/bin/python -m benchmarks.decode [--new_tokens=32] [--repeats=5] [--batch_sizes=1,8]
 
 Config (the mid-size benchmark config, 8.9 M params): text 4 x 256, 4 heads, FFN 1024, vocab 8000; CLIP-style
 ViT 4 x 256 at 224 px / patch 14; 64 latents. HF's random weights are converted into ours with
@@ -43,7 +43,7 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed calls before timing")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "batch sizes")
 _THREADS = flags.DEFINE_list("torch_threads", ["1", str(os.cpu_count())],
                              "torch intra-op thread counts to try for HF (best one reported)")
-_OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results",
+_OUT = flags.DEFINE_string("decode_out", os.path.join(os.path.dirname(__file__), "results",
                                                "decode.json"), "JSON results")
 
 HF_CONFIG = dict(
@@ -56,12 +56,13 @@ BOS, PAD, IMAGE_START, IMAGE_SLOT, IMAGE_END = 0, 1, 5, 6, 7
 TEXT_TOKENS = 8
 
 
-def build_models():
+def build_models(hf_config: dict | None = None):
   """A random HF Kosmos-2 (weights re-drawn so greedy output varies) and the same in ours."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  hf = transformers.Kosmos2ForConditionalGeneration(transformers.Kosmos2Config(**HF_CONFIG))
+  hf = transformers.Kosmos2ForConditionalGeneration(
+      transformers.Kosmos2Config(**(hf_config or HF_CONFIG)))
   gen = torch.Generator().manual_seed(0)
   with torch.no_grad():
     for name, p in hf.named_parameters():
@@ -139,15 +140,13 @@ def hf_generate(hf, batch, new_tokens, threads=None):
   return run
 
 
-def main(argv):
-  del argv
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  hf, config, params = build_models()
-  new = _NEW.value
-  threads = [int(t) for t in _THREADS.value]
+def measure(batch_sizes, new: int, warmup: int, repeats: int, threads,
+            hf_config: dict | None = None) -> tuple[list[dict], object]:
+  """Ours vs HF generate at each batch size: full-call and steady per-token rates, same tokens.
+  Returns (rows, our model config)."""
+  hf, config, params = build_models(hf_config)
   rows = []
-  for batch_size in map(int, _BATCHES.value):
+  for batch_size in batch_sizes:
     batch = prompt_batch(config, batch_size)
     fns = {}
     for n in (new, 1):
@@ -157,7 +156,7 @@ def main(argv):
     same = np.array_equal(fns[("ours", new)](), fns[(f"hf_{threads[-1]}_threads", new)]())
     result = {"batch": batch_size, "prompt_len": int(batch["input_ids"].shape[1]),
               "new_tokens": new, "same_tokens_as_hf": bool(same)}
-    seconds = interleaved_medians(fns, _WARMUP.value, _REPEATS.value)
+    seconds = interleaved_medians(fns, warmup, repeats)
     for name in ["ours"] + [f"hf_{t}_threads" for t in threads]:
       full, first = seconds[(name, new)], seconds[(name, 1)]
       result[name] = {"seconds": full, "new_tok_per_s": batch_size * new / full,
@@ -168,7 +167,16 @@ def main(argv):
     result["hf"] = dict(result[best], torch_threads=int(best.split("_")[1]))
     result["speedup"] = result["ours"]["new_tok_per_s"] / result["hf"]["new_tok_per_s"]
     rows.append(result)
+  return rows, config
 
+
+def main(argv):
+  del argv
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  new = _NEW.value
+  rows, config = measure([int(b) for b in _BATCHES.value], new, _WARMUP.value, _REPEATS.value,
+                         [int(t) for t in _THREADS.value])
   print(f"\nGreedy decoding, {config.text.num_layers}x{config.text.embed_dim} text + "
         f"{config.vision.num_layers}x{config.vision.embed_dim} ViT @ {config.vision.image_size}px,"
         f" prompt {rows[0]['prompt_len']} tokens (64 image), {new} new tokens, fp32, "

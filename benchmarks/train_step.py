@@ -1,19 +1,22 @@
-"""Train-step throughput and memory: tokens/s and peak memory for the tiny and a mid-size config,
-side by side with Hugging Face's PyTorch Kosmos-2 train step on the same mid-size config.
+"""Train-step throughput and memory, ours vs Hugging Face's PyTorch Kosmos-2, same model shape.
 
-  .venv/bin/python benchmarks/train_step.py [--steps=7] [--skip_hf]
+  .venv/bin/python -m benchmarks.train_step [--steps=7] [--skip_hf]
 
-Mid-size (8.9 M params): text 4 x 256 (vocab 8000), CLIP-style
-ViT 4 x 256 at 224 px / patch 14, 64 latents; batch 8 x 256 tokens with 64 image positions.
-Writes benchmarks/results/train_step.json and prints a table. Timings: warm-up steps, then the
-median of `--steps`.
+Mid-size benchmark config (8.9 M params): text 4 x 256 (vocab 8000), CLIP-style ViT 4 x 256 at
+224 px / patch 14, 64 latents; batch 8 x 256 tokens with 64 image positions. Both sides run a
+full AdamW step (lr 1e-4, weight decay 0.01 on ours' default mask, HF: all params) in fp32 on
+the same shapes. Timing: warm-up steps, then ours and HF in alternating blocks (the machine may
+be shared, so load hits both alike), median step. Memory: each side in its own child process,
+peak RSS of the child minus its RSS after imports (what the model, optimizer state and step
+need), plus XLA's buffer analysis of our compiled step. `benchmarks.run` calls these functions
+for more shapes; this script prints the benchmark config only.
 """
 from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -22,15 +25,11 @@ from absl import flags
 import jax
 import numpy as np
 
+from kosmos_jax.models import config as config_lib
+from kosmos_jax.training import flops as flops_lib
 from kosmos_jax.training import optimizers
 from kosmos_jax.training import partitioning
 from kosmos_jax.training import trainer as trainer_lib
-from kosmos_jax.models import config as config_lib
-
-_STEPS = flags.DEFINE_integer("steps", 7, "timed steps (median reported)")
-_SKIP_HF = flags.DEFINE_bool("skip_hf", False, "skip the PyTorch reference")
-_OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results",
-                                               "train_step.json"), "JSON results")
 
 MID = {"text.vocab_size": 8000, "text.embed_dim": 256, "text.num_layers": 4,
        "text.num_heads": 4, "text.ffn_dim": 1024, "text.max_len": 512,
@@ -38,6 +37,7 @@ MID = {"text.vocab_size": 8000, "text.embed_dim": 256, "text.num_layers": 4,
        "vision.image_size": 224, "vision.patch_size": 14, "vision.embed_dim": 256,
        "vision.num_layers": 4, "vision.num_heads": 4, "vision.mlp_dim": 1024,
        "connector.num_latents": 64, "vision_trainable": "all"}
+# name -> (preset, overrides, batch, length, images per row); `bench_jax` runs one of them.
 CONFIGS = {
     # The model of gin/experiments/shapes_tiny.gin at its batch: 16 rows x 128, 6 images each.
     "tiny (demo)": ("tiny", {"text.vocab_size": 128, "text.embed_dim": 128, "text.ffn_dim": 256,
@@ -68,7 +68,82 @@ def synthetic_batch(config, batch: int, length: int, images: int, seed: int = 0)
           "image_mask": np.ones((batch, images), np.int32)}
 
 
+def jax_step(overrides: dict, batch: int, length: int, images: int = 1, dtype: str = "float32",
+             preset: str = "tiny"):
+  """(step(), info): one jitted AdamW train step of our model on a fixed synthetic batch."""
+  config = config_lib.get_config(preset, {**overrides, "dtype": dtype})
+  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=1), jax.devices()[:1])
+  trainer = trainer_lib.Trainer(config, optimizers.OptimizerConfig(learning_rate=1e-4),
+                                trainer_lib.TrainerConfig(total_steps=1000), mesh, "dp")
+  holder = {"state": trainer.init_state()}
+  data = partitioning.global_batch(synthetic_batch(config, batch, length, images), mesh)
+  rng = jax.random.key(0)
+  with jax.set_mesh(mesh):
+    start = time.perf_counter()
+    compiled = trainer._train_step.lower(holder["state"], data, rng).compile()  # pylint: disable=protected-access
+    compile_seconds = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  xla_bytes = None if memory is None else (
+      memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+      - memory.alias_size_in_bytes)
+
+  def step():
+    holder["state"], metrics = trainer.train_step(holder["state"], data, rng)
+    jax.block_until_ready(metrics)
+  params = sum(x.size for x in jax.tree_util.tree_leaves(holder["state"].params))
+  flops = flops_lib.train_flops_per_step(config, batch, length, images,
+                                         vision_trainable=trainer.vision_trainable)
+  return step, {"params": int(params), "compile_seconds": compile_seconds,
+                "xla_peak_bytes": xla_bytes, "flops_per_step": float(flops)}
+
+
+def hf_config(overrides: dict):
+  """The HF Kosmos2Config of the same shape as our overrides (text, ViT, latents)."""
+  from transformers import Kosmos2Config  # pylint: disable=g-import-not-at-top
+  o = {**MID, **overrides}
+  return Kosmos2Config(
+      text_config=dict(vocab_size=o["text.vocab_size"], embed_dim=o["text.embed_dim"],
+                       layers=o["text.num_layers"], attention_heads=o["text.num_heads"],
+                       ffn_dim=o["text.ffn_dim"], max_position_embeddings=o["text.max_len"]),
+      vision_config=dict(hidden_size=o["vision.embed_dim"], intermediate_size=o["vision.mlp_dim"],
+                         num_hidden_layers=o["vision.num_layers"],
+                         num_attention_heads=o["vision.num_heads"],
+                         image_size=o["vision.image_size"], patch_size=o["vision.patch_size"]),
+      latent_query_num=o["connector.num_latents"])
+
+
+def hf_step(overrides: dict, batch: int, length: int, dtype: str = "float32"):
+  """(step(), info): one AdamW step of HF Kosmos2ForConditionalGeneration, same shapes."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers import Kosmos2ForConditionalGeneration  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  cfg = hf_config(overrides)
+  model = Kosmos2ForConditionalGeneration(cfg).train()
+  torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  model = model.to(torch_dtype)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+  q = cfg.latent_query_num
+  ids = torch.randint(4, cfg.text_config.vocab_size, (batch, length))
+  mask = torch.zeros(batch, length, dtype=torch.bool)
+  mask[:, 1:1 + q] = True
+  labels = ids.clone()
+  labels[:, :q + 2] = -100
+  size = cfg.vision_config.image_size
+  pixels = torch.randn(batch, 3, size, size, dtype=torch_dtype)
+
+  def step():
+    out = model(pixel_values=pixels, input_ids=ids, image_embeds_position_mask=mask,
+                attention_mask=torch.ones_like(ids), labels=labels)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad()
+  return step, {"params": sum(p.numel() for p in model.parameters()),
+                "framework": f"torch {torch.__version__} (HF Kosmos-2)",
+                "torch_threads": torch.get_num_threads()}
+
+
 def time_steps(fn, warmup: int, steps: int) -> list[float]:
+  """Seconds of each of `steps` calls after `warmup` untimed ones."""
   for _ in range(warmup):
     fn()
   times = []
@@ -79,92 +154,117 @@ def time_steps(fn, warmup: int, steps: int) -> list[float]:
   return times
 
 
-def bench_jax(name: str, preset: str, overrides: dict, batch: int, length: int, images: int) -> dict:
-  config = config_lib.get_config(preset, overrides)
-  mesh = partitioning.make_mesh(partitioning.MeshConfig(data=1), jax.devices()[:1])
-  trainer = trainer_lib.Trainer(config, optimizers.OptimizerConfig(learning_rate=1e-4),
-                                trainer_lib.TrainerConfig(total_steps=1000), mesh, "dp")
-  state = trainer.init_state()
-  data = partitioning.global_batch(synthetic_batch(config, batch, length, images), mesh)
-  rng = jax.random.key(0)
-  with jax.set_mesh(mesh):
-    compile_start = time.perf_counter()
-    compiled = trainer._train_step.lower(state, data, rng).compile()  # pylint: disable=protected-access
-    compile_seconds = time.perf_counter() - compile_start
-  memory = compiled.memory_analysis()
-  holder = {"state": state}
-
-  def step():
-    holder["state"], metrics = trainer.train_step(holder["state"], data, rng)
-    jax.block_until_ready(metrics)
-  times = time_steps(step, 2, _STEPS.value)
-  median = statistics.median(times)
-  params = sum(x.size for x in jax.tree_util.tree_leaves(state.params))
-  xla_bytes = None
-  if memory is not None:
-    xla_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
-                 + memory.output_size_in_bytes - memory.alias_size_in_bytes)
-  return {"name": name, "framework": "jax", "params": int(params), "batch": batch,
-          "length": length, "images_per_row": images, "step_seconds": median,
-          "tokens_per_sec": batch * length / median, "compile_seconds": compile_seconds,
-          "xla_peak_bytes": xla_bytes,
-          "process_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+def bench_jax(name: str, preset: str, overrides: dict, batch: int, length: int, images: int,
+              steps: int = 7) -> dict:
+  """Our step alone on one of `CONFIGS`: median seconds, tokens/s, compile time, XLA peak."""
+  step, info = jax_step(overrides, batch, length, images, preset=preset)
+  median = statistics.median(time_steps(step, 2, steps))
+  return {"name": name, "framework": "jax", "batch": batch, "length": length,
+          "images_per_row": images, "step_seconds": median,
+          "tokens_per_sec": batch * length / median, **info}
 
 
-def bench_hf_mid(batch: int, length: int) -> dict:
-  import torch  # pylint: disable=g-import-not-at-top
-  from transformers import Kosmos2Config, Kosmos2ForConditionalGeneration  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(0)
-  cfg = Kosmos2Config(
-      text_config=dict(vocab_size=8000, embed_dim=256, layers=4, attention_heads=4, ffn_dim=1024,
-                       max_position_embeddings=512),
-      vision_config=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                         num_attention_heads=4, image_size=224, patch_size=14),
-      latent_query_num=64)
-  model = Kosmos2ForConditionalGeneration(cfg).train()
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-  ids = torch.randint(4, 8000, (batch, length))
-  mask = torch.zeros(batch, length, dtype=torch.bool)
-  mask[:, 1:65] = True
-  labels = ids.clone()
-  labels[:, :66] = -100
-  pixels = torch.randn(batch, 3, 224, 224)
+def alternating_medians(fns: dict, warmup: int, steps: int, blocks: int = 2) -> dict:
+  """Median seconds per call of each function, run in alternating blocks of calls."""
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times = {name: [] for name in fns}
+  per_block = max(1, -(-steps // blocks))
+  for _ in range(blocks):
+    for name, fn in fns.items():
+      for _ in range(per_block):
+        start = time.perf_counter()
+        fn()
+        times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
 
-  def step():
-    out = model(pixel_values=pixels, input_ids=ids, image_embeds_position_mask=mask,
-                attention_mask=torch.ones_like(ids), labels=labels)
-    out.loss.backward()
-    opt.step()
-    opt.zero_grad()
-  times = time_steps(step, 2, _STEPS.value)
-  median = statistics.median(times)
-  return {"name": "mid (8.9 M)", "framework": f"torch {torch.__version__} (HF Kosmos-2)",
-          "params": sum(p.numel() for p in model.parameters()), "batch": batch, "length": length,
-          "images_per_row": 1, "step_seconds": median, "tokens_per_sec": batch * length / median,
-          "torch_threads": torch.get_num_threads(),
-          "process_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+def _status_bytes(field: str) -> int:
+  """VmRSS / VmHWM of this process (/proc/self/status; VmHWM is per address space, so unlike
+  ru_maxrss it does not carry over the parent's peak through fork + exec)."""
+  with open("/proc/self/status") as f:
+    line = next(l for l in f if l.startswith(field + ":"))
+  return int(line.split()[1]) * 1024
+
+
+def memory_child(side: str, spec: dict) -> dict:
+  """In a fresh process: peak RSS of building the model and running 2 steps, above the RSS
+  after imports. Prints and returns {"peak_step_bytes": ...}."""
+  import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import transformers  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  base = _status_bytes("VmRSS")
+  if side == "jax":
+    step, _ = jax_step(spec["overrides"], spec["batch"], spec["length"], dtype=spec["dtype"])
+  else:
+    step, _ = hf_step(spec["overrides"], spec["batch"], spec["length"], dtype=spec["dtype"])
+  step()
+  step()
+  return {"peak_step_bytes": _status_bytes("VmHWM") - base}
+
+
+def measure_memory(side: str, overrides: dict, batch: int, length: int,
+                   dtype: str = "float32") -> int | None:
+  """Runs `memory_child` in a subprocess (a clean allocator per side); None if it fails."""
+  spec = json.dumps({"overrides": overrides, "batch": batch, "length": length, "dtype": dtype})
+  code = ("import json,sys; from benchmarks import train_step as t; "
+          f"print('MEM', json.dumps(t.memory_child({side!r}, json.loads(sys.argv[1]))))")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    out = subprocess.run([sys.executable, "-c", code, spec], cwd=root, capture_output=True,
+                         text=True, timeout=900, check=True).stdout
+  except (subprocess.SubprocessError, OSError) as e:
+    print(f"(memory child {side} failed: {e})", file=sys.stderr)
+    return None
+  lines = [l for l in out.splitlines() if l.startswith("MEM ")]
+  return json.loads(lines[-1][4:])["peak_step_bytes"] if lines else None
+
+
+def compare(name: str, overrides: dict, batch: int, length: int, *, steps: int = 6,
+            warmup: int = 2, hf: bool = True, memory: bool = True,
+            dtype: str = "float32") -> dict:
+  """Ours vs HF on one shape: step seconds, tokens/s, ratio, peak memory of each side."""
+  ours, info = jax_step(overrides, batch, length, dtype=dtype)
+  fns = {"ours": ours}
+  hf_info = {}
+  if hf:
+    fns["hf"], hf_info = hf_step(overrides, batch, length, dtype=dtype)
+  seconds = alternating_medians(fns, warmup, steps)
+  row = {"name": name, "dtype": dtype, "batch": batch, "length": length,
+         "params": info["params"], "ours_step_seconds": seconds["ours"],
+         "ours_tokens_per_sec": batch * length / seconds["ours"],
+         "ours_compile_seconds": info["compile_seconds"],
+         "ours_xla_peak_bytes": info["xla_peak_bytes"],
+         "flops_per_step": info["flops_per_step"],
+         "ours_tflops_per_sec": info["flops_per_step"] / seconds["ours"] / 1e12}
+  peak = flops_lib.peak_flops_per_device(jax.devices()[0])
+  row["ours_mfu"] = None if not peak else info["flops_per_step"] / seconds["ours"] / peak
+  if hf:
+    row.update(hf_step_seconds=seconds["hf"], hf_tokens_per_sec=batch * length / seconds["hf"],
+               hf_params=hf_info["params"], hf_framework=hf_info["framework"],
+               hf_torch_threads=hf_info["torch_threads"],
+               speedup=seconds["hf"] / seconds["ours"])
+  if memory:
+    row["ours_peak_step_bytes"] = measure_memory("jax", overrides, batch, length, dtype)
+    if hf:
+      row["hf_peak_step_bytes"] = measure_memory("hf", overrides, batch, length, dtype)
+  return row
+
+
+_STEPS = flags.DEFINE_integer("steps", 7, "timed steps per side (median reported)")
+_SKIP_HF = flags.DEFINE_bool("skip_hf", False, "skip the PyTorch reference")
+_OUT = flags.DEFINE_string("train_out", os.path.join(os.path.dirname(__file__), "results",
+                                               "train_step.json"), "JSON results")
 
 
 def main(argv):
   del argv
-  results = [bench_jax(name, *spec) for name, spec in CONFIGS.items()]
-  if not _SKIP_HF.value:
-    try:
-      results.append(bench_hf_mid(8, 256))
-    except ImportError as e:
-      print(f"(skipping the PyTorch reference: {e})", file=sys.stderr)
-  header = f"{'config':<14} {'framework':<28} {'params':>10} {'batch x len':>12} " \
-           f"{'s/step':>8} {'tokens/s':>9} {'XLA peak MiB':>13}"
-  print(header)
-  for r in results:
-    peak = r.get("xla_peak_bytes")
-    print(f"{r['name']:<14} {r['framework']:<28} {r['params']:>10,} "
-          f"{str(r['batch']) + ' x ' + str(r['length']):>12} {r['step_seconds']:>8.3f} "
-          f"{r['tokens_per_sec']:>9,.0f} {peak / 2**20 if peak else float('nan'):>13.1f}")
+  row = compare("mid (8.9 M)", MID, 8, 256, steps=_STEPS.value, hf=not _SKIP_HF.value)
+  print(json.dumps(row, indent=1))
   os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
   with open(_OUT.value, "w") as f:
     json.dump({"device": jax.devices()[0].device_kind, "cpus": os.cpu_count(),
-               "results": results}, f, indent=1)
+               "results": [row]}, f, indent=1)
 
 
 if __name__ == "__main__":
