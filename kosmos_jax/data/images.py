@@ -48,9 +48,12 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
   return np.asarray(image.convert("RGB"), np.uint8)
 
 
-def decode_image_bytes(encoded: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+def decode_image_bytes(encoded: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                       target_size: int = 0) -> np.ndarray:
   """Encoded image bytes -> uint8 [H, W, 3]; ImageError (empty, corrupt or truncated, over
-  `max_pixels`) otherwise."""
+  `max_pixels`) otherwise. With `target_size`, a JPEG at least 4x larger is decoded at a reduced
+  DCT scale (1/2 .. 1/8) that keeps both sides >= 2 x target_size: several times faster, and the
+  bicubic resize that follows still does the final step."""
   if not encoded:
     raise ImageError("image_empty", "0 bytes")
   with warnings.catch_warnings():
@@ -68,6 +71,8 @@ def decode_image_bytes(encoded: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXEL
     if width < 1 or height < 1:
       raise ImageError("image_corrupt", f"size {width}x{height}")
     try:
+      if target_size and image.format == "JPEG":
+        image.draft("RGB", (2 * target_size, 2 * target_size))
       image = ImageOps.exif_transpose(image)   # also loads the (first frame's) pixels
       return _to_rgb(image)
     except Exception as e:   # pylint: disable=broad-except  (truncated data, bad EXIF, ...)
@@ -96,7 +101,7 @@ def resize_and_center_crop_array(image: np.ndarray, size: int) -> np.ndarray:
 
 def _decode_or_code(encoded, max_pixels, size) -> tuple[np.ndarray, np.int32]:
   try:
-    image = decode_image_bytes(numpy_bytes(encoded), int(max_pixels))
+    image = decode_image_bytes(numpy_bytes(encoded), int(max_pixels), int(size))
     if int(size) > 0:
       image = resize_and_center_crop_array(image, int(size))
     return image, np.int32(0)
@@ -117,13 +122,15 @@ def decode_image_checked(encoded: tf.Tensor, max_pixels: int = DEFAULT_MAX_IMAGE
   return image, code
 
 
-def decode_image(encoded: tf.Tensor, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tf.Tensor:
-  """In tf.data: encoded bytes -> uint8 [H, W, 3]; an unusable image raises (InvalidArgument),
-  for pipelines that drop such records with `ignore_errors`."""
-  def decode(data, limit):
-    return decode_image_bytes(numpy_bytes(data), int(limit))
-  image = tf.numpy_function(decode, [encoded, max_pixels], tf.uint8, stateful=False)
-  image.set_shape([None, None, 3])
+def decode_and_resize(encoded: tf.Tensor, size: int,
+                      max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tf.Tensor:
+  """In tf.data: encoded bytes -> uint8 [size, size, 3] through the recipe; an unusable image
+  raises (InvalidArgument), for pipelines that drop such records with `ignore_errors`."""
+  def decode(data):
+    raw = decode_image_bytes(numpy_bytes(data), max_pixels, size)
+    return resize_and_center_crop_array(raw, size)
+  image = tf.numpy_function(decode, [encoded], tf.uint8, stateful=False)
+  image.set_shape([size, size, 3])
   return image
 
 
@@ -156,4 +163,4 @@ def read_image_file(path: str, size: int,
     raise FileNotFoundError(f"image {path!r} not found")
   with open(path, "rb") as f:
     encoded = f.read()
-  return resize_and_center_crop_array(decode_image_bytes(encoded, max_pixels), size)
+  return resize_and_center_crop_array(decode_image_bytes(encoded, max_pixels, size), size)

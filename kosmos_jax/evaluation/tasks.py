@@ -115,13 +115,13 @@ def standardize(ds: tf.data.Dataset, image_size: int) -> tf.data.Dataset:
   `images` (uint8 [n, h, w, 3]), resizes + centre-crops to `image_size`, fills defaults."""
   def convert(ex):
     if "image_bytes" in ex:
-      images = tf.map_fn(images_lib.decode_image, ex["image_bytes"], fn_output_signature=tf.uint8)
+      images = tf.map_fn(lambda data: images_lib.decode_and_resize(data, image_size),
+                         ex["image_bytes"],
+                         fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
     elif "images" in ex:
-      images = tf.convert_to_tensor(ex["images"], tf.uint8)
+      images = images_lib.resize_images(tf.convert_to_tensor(ex["images"], tf.uint8), image_size)
     else:
       images = tf.zeros((0, image_size, image_size, 3), tf.uint8)
-    if "image_bytes" in ex or "images" in ex:
-      images = images_lib.resize_images(images, image_size)
     references = tf.reshape(tf.convert_to_tensor(ex.get("references", tf.constant([], tf.string))), [-1])
     candidates = tf.reshape(tf.convert_to_tensor(ex.get("candidates", tf.constant([], tf.string))), [-1])
     return {"id": tf.strings.as_string(ex["id"]) if ex["id"].dtype != tf.string else ex["id"],

@@ -298,7 +298,7 @@ def records_dataset(records: Sequence[Mapping[str, Any]], *, task: str, split: s
   spec = tf.TensorSpec([image_size, image_size, 3], tf.uint8)
 
   def load_one(path):
-    return images_lib.resize_and_center_crop(images_lib.decode_image(tf.io.read_file(path)), image_size)
+    return images_lib.decode_and_resize(tf.io.read_file(path), image_size)
 
   def load(ex):
     ex = dict(ex)
