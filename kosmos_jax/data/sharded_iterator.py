@@ -1,5 +1,5 @@
 """The training data stream as a fixed number of virtual data shards, so that its position does
-not depend on how many hosts read it (docs/training.md §9).
+not depend on how many hosts read it (docs/training.md §10).
 
 The global stream is `num_data_shards` (V) independent pipelines: shard v reads ShardInfo(v, V)
 of every task, mixes, packs rows with their images and batches B / V rows per step. The global
