@@ -158,8 +158,12 @@ def measure(task_name: str, batches: int, **shape) -> dict[str, float]:
           "examples_per_row": examples / rows}
 
 
+DEMO_SHAPE = dict(length=128, num_image_tokens=8, image_size=32, max_images=6, batch_size=16)
+
+
 def demo_consumption() -> dict[str, float]:
-  """Examples/s the demo model's train step consumes: its rows' examples over its step time."""
+  """Examples/s the demo model's train step consumes: its rows' examples over its step time
+  (the model and batch of gin/experiments/shapes_tiny.gin)."""
   import gin  # pylint: disable=g-import-not-at-top
   from kosmos_jax import gin_utils  # pylint: disable=g-import-not-at-top
   preset, overrides, batch, length, images = train_step.CONFIGS["tiny (demo)"]
@@ -168,8 +172,9 @@ def demo_consumption() -> dict[str, float]:
   gin_utils.parse(["experiments/shapes_tiny.gin"], ["MODEL_DIR='/tmp/unused'"], finalize=False)
   mixture = gin.query_parameter("MIXTURE_OR_TASK_NAME/macro.value").scoped_configurable_fn()
   gin.clear_config()
-  shapes = measure(mixture, 20, length=length, num_image_tokens=8, image_size=32,
-                   max_images=images, batch_size=batch)
+  assert (batch, length, images) == (DEMO_SHAPE["batch_size"], DEMO_SHAPE["length"],
+                                     DEMO_SHAPE["max_images"])
+  shapes = measure(mixture, 20, **DEMO_SHAPE)
   consumed = shapes["examples_per_row"] * batch / step["step_seconds"]
   return {"step_seconds": step["step_seconds"], "examples_per_row": shapes["examples_per_row"],
           "consumed_examples_per_sec": consumed,
@@ -208,7 +213,12 @@ def main(argv):
         num_image_tokens=PAPER["num_image_tokens"], length=PAPER["length"])
     results["paper_mixture"] = measure(mixture, _BATCHES.value, **PAPER)
     print("paper mixture", json.dumps({k: round(v, 2) for k, v in results["paper_mixture"].items()}))
+    small = tasks.image_text_task("bench_webdataset_32px", sources.webdataset_source(
+        f"{root}/wds/*.tar"), vocab_lib.KosmosVocabulary(corpora["spm"]), image_size=32)
+    results["webdataset_at_demo_shape"] = measure(small, 4 * _BATCHES.value, **DEMO_SHAPE)
   demo = demo_consumption()
+  demo["webdataset_demo_shape_over_consumed"] = (
+      results["webdataset_at_demo_shape"]["examples_per_sec"] / demo["consumed_examples_per_sec"])
   demo["webdataset_224px_over_consumed"] = (results["layouts"]["webdataset"]["examples_per_sec"]
                                             / demo["consumed_examples_per_sec"])
   demo["shapes_over_consumed"] = (demo["shapes_pipeline_examples_per_sec"]
