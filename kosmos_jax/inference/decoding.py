@@ -46,7 +46,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kosmos_jax.models import layers as layers_lib
+from kosmos_jax.models import param_layout
 from kosmos_jax.models.decoder import padded_positions
+from kosmos_jax.models.kosmos import Kosmos
 from kosmos_jax.models.kosmos import init_cache
 
 Array = jax.Array
@@ -519,6 +522,22 @@ def _beam_search(model, params, tokens, segment_ids, positions, images, image_to
 # ----------------------------------------------------------------------------- entry points
 
 
+def decoding_layout(model: nn.Module, params: Any) -> tuple[nn.Module, Any]:
+  """The model and params the decoding program runs: where the layer stack is fully unrolled
+  anyway (CPU, `scan_unroll` auto), a scanned `Kosmos` is decoded with its layers unscanned
+  (params sliced once per call), so that the per-token loop neither re-slices every layer's
+  weights out of the stacked arrays nor restacks the whole KV cache at every token. Same
+  function, same results; elsewhere (or for other modules) unchanged."""
+  config = getattr(model, "config", None)
+  if not isinstance(model, Kosmos) or not config.scan_layers:
+    return model, params
+  n = config.text.num_layers
+  if layers_lib.resolve_unroll(config.scan_unroll, n) < n or not param_layout.is_scanned(params):
+    return model, params
+  return (Kosmos(dataclasses.replace(config, scan_layers=False)),
+          param_layout.unstack_layers(params))
+
+
 @functools.partial(jax.jit, static_argnames=("model", "config"))
 def _generate(model, params, tokens, segment_ids, positions, images, image_token_mask, eos_id,
               pad_id, slot_positions, rng, trie, knobs, *, config) -> DecodeOutput:
@@ -526,6 +545,7 @@ def _generate(model, params, tokens, segment_ids, positions, images, image_token
   size, n-gram size); eos / pad / position mode and `knobs` (sampling, length penalty) are
   traced."""
   config = dataclasses.replace(config, **knobs)
+  model, params = decoding_layout(model, params)
   args = (model, params, tokens, segment_ids, positions, images, image_token_mask, eos_id,
           pad_id, slot_positions)
   if config.strategy == "beam":
