@@ -44,6 +44,9 @@ EXTRAS_REQUIRE = {
     # What `make demo` needs beyond the runtime: the caption metrics (pycocoevalcap, with Java).
     "demo": ["pycocoevalcap==1.2"],
     "eval": ["pycocoevalcap==1.2"],
+    # The TPU runtime and compiler (libtpu from PyPI, about 700 MB): training on Cloud TPU, and
+    # `python -m kosmos_jax.plan --topology=...` compiling for a TPU slice on a CPU host.
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
 }
 
 setuptools.setup(

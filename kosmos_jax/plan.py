@@ -105,10 +105,10 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     lines.append(f"note: {result['note']}")
   if result.get("flops_per_step"):
     lines.append(
-        f"FLOPs per step per device: {result['flops_per_step']:.3g} compiled (matmuls, loops "
-        f"counted in full) vs {result['model_flops_per_step']:.3g} model (training/flops.py): "
-        f"{result['flops_vs_model']:.2f}x; XLA cost analysis {result['xla_cost_analysis_flops']:.3g}"
-        " (counts each loop body once)")
+        f"FLOPs per step per device: {result['flops_per_step']:.3g} compiled (XLA cost "
+        f"analysis x {result['loop_factor']:.2f} for loop trips) vs "
+        f"{result['model_flops_per_step']:.3g} model (training/flops.py, no remat): "
+        f"{result['flops_vs_model']:.2f}x")
   if result.get("roofline_step_seconds"):
     lines.append(f"roofline: at least {result['roofline_step_seconds']:.3g} s per step "
                  "(max of FLOPs / peak FLOP/s and HBM bytes / bandwidth)")

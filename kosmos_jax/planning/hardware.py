@@ -70,6 +70,8 @@ def topology_devices(topology: str) -> Sequence[jax.Device]:
   if not libtpu_available():
     raise ValueError(TPU_EXTRA_HINT)
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")   # no GCE metadata server on a CPU host
+  # Compiling only: several planners (parallel tests) may load libtpu at once.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   try:
     return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices

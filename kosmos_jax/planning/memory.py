@@ -24,8 +24,10 @@ from kosmos_jax.training import optimizers
 from kosmos_jax.training import partitioning
 from kosmos_jax.training import trainer as trainer_lib
 
-# libtpu refuses to compile a program larger than HBM: "Used 120.5G of 95.74G hbm".
-_TPU_OOM = re.compile(r"Used ([\d.]+)([KMGT])? of ([\d.]+)([KMGT])? hbm")
+# libtpu refuses to compile a program larger than HBM: "the total memory required for HLO
+# temporaries (253.57G) exceeds available HBM (15.75G)" (older: "Used 120.5G of 95.74G hbm").
+_TPU_OOM = re.compile(r"(?:Used|temporaries \() ?([\d.]+)([KMGT])?\)? (?:of|exceeds available "
+                      r"HBM \() ?([\d.]+)([KMGT])?")
 _UNITS = {None: 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -148,17 +150,17 @@ def _compiled_numbers(compiled, hbm: float, chip: hardware.Chip, model_flops: fl
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
   xla_flops = float(cost.get("flops", 0.0))
-  flops = hlo_flops.matmul_flops(compiled.as_text()) or xla_flops
-  # cost_analysis counts loop bodies once; scale its HBM traffic by the same loop factor.
-  loops = flops / xla_flops if xla_flops > 0 else 1.0
-  bytes_accessed = float(cost.get("bytes accessed", 0.0)) * max(loops, 1.0)
+  # cost_analysis counts loop bodies once: scale its FLOPs and HBM traffic by the loops' trips.
+  loops = hlo_flops.loop_factor(compiled.as_text())
+  flops = xla_flops * loops
+  bytes_accessed = float(cost.get("bytes accessed", 0.0)) * loops
   return {
       "argument_bytes": memory.argument_size_in_bytes,
       "output_bytes": memory.output_size_in_bytes, "alias_bytes": memory.alias_size_in_bytes,
       "temp_bytes": memory.temp_size_in_bytes,
       "code_bytes": memory.generated_code_size_in_bytes,
       "peak_bytes": peak, "fits": bool(peak <= hbm),
-      "flops_per_step": flops, "xla_cost_analysis_flops": xla_flops,
+      "flops_per_step": flops, "xla_cost_analysis_flops": xla_flops, "loop_factor": loops,
       "flops_vs_model": flops / model_flops if model_flops else None,
       "bytes_accessed": bytes_accessed,
       "roofline_step_seconds": hardware.roofline_seconds(flops, bytes_accessed, chip)}

@@ -20,16 +20,18 @@ def mesh_shapes(num_devices: int, configured: memory.Candidate, batch_size: int,
                 tensors: Sequence[int] = (1, 2, 4)) -> list[tuple[int, int, int, str]]:
   """(data, fsdp, tensor, rules) to try: the configured mesh, then FSDP over 8, 16, ... or all
   the devices, times tensor parallelism, keeping only those that split the batch."""
-  shapes = [(configured.data, configured.fsdp, configured.tensor, configured.rules)]
+  data = configured.data
+  if data == -1 and num_devices % (configured.fsdp * configured.tensor) == 0:
+    data = num_devices // (configured.fsdp * configured.tensor)
+  shapes = [(data, configured.fsdp, configured.tensor, configured.rules)]
   for tensor in tensors:
     if num_devices % tensor:
       continue
-    rest = num_devices // tensor
-    fsdp = 8
-    while fsdp <= rest:
-      if rest % fsdp == 0 and batch_size % (rest) == 0:
+    rest = num_devices // tensor                      # data x fsdp
+    fsdps = [8 * 2**i for i in range(20) if 8 * 2**i < rest] + [rest]
+    for fsdp in fsdps:
+      if rest % fsdp == 0 and batch_size % rest == 0:
         shapes.append((rest // fsdp, fsdp, tensor, "fsdp_tp" if tensor > 1 else "fsdp"))
-      fsdp *= 2
   unique = []
   for shape in shapes:
     if shape not in unique:
