@@ -54,6 +54,8 @@ def evaluate_once(checkpoint: str, tasks: Sequence[Any], output_dir: str, *, ste
   writer.write_scalars(step, {f"eval/{key}/{k}": v for key, m in metrics.items()
                               for k, v in m.items()})
   writer.flush()
+  if jax.process_index() > 0:   # every process evaluates on its own devices; one writes
+    return metrics
   with open(os.path.join(output_dir, run_dir_lib.METRICS), "a") as f:
     for key, m in metrics.items():
       f.write(json.dumps({"step": step, "task": key, **m}) + "\n")

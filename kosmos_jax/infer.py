@@ -25,6 +25,7 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 from absl import flags
+import jax
 import numpy as np
 
 from kosmos_jax import cli
@@ -255,6 +256,8 @@ def main(argv: Sequence[str]) -> int:
 
   records = serve_lines(lines, os.path.dirname(input_path), size, generate, _MAX_NEW.value)
   text = "".join(json.dumps(r) + "\n" for r in records)
+  if jax.process_index() > 0:   # multi-process: every process serves the batch, one writes
+    text, output_path = "", None
   if output_path:
     with open(output_path, "w") as f:
       f.write(text)

@@ -164,7 +164,7 @@ def load_params(directory: str, target: Any = None, scan_layers: Optional[bool] 
                  f"{_layout_hint(config)})", check_dtype=False)
   else:
     target = expected
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   def as_struct(x):
     sharding = getattr(x, "sharding", None) or device

@@ -30,7 +30,7 @@ def _restore_run_params(run_dir: str) -> tuple[Any, config_lib.KosmosConfig]:
   step = checkpoints.latest_step()
   if step is None:
     raise FileNotFoundError(f"{run_dir}/{run_dir_lib.CHECKPOINTS} has no finished checkpoint yet")
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree_util.tree_map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
       params_io.abstract_params(config))
