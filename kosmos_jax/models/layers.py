@@ -96,6 +96,30 @@ class LayerNorm(nn.Module):
     return y.astype(self.dtype)
 
 
+@jax.custom_vjp
+def tied_logits(x: Array, table: Array) -> Array:
+  """x [tokens, embed] @ table[vocab, embed]^T -> [tokens, vocab] (the tied output layer).
+
+  Same values as the einsum; the custom backward computes the table's gradient as
+  (x^T @ g)^T, a plain GEMM over the [tokens, vocab] gradient as it lies in memory. Autodiff's
+  form contracts that gradient over its major axis, for which XLA:CPU first writes a transposed
+  copy of the whole [tokens, vocab] array (the slowest single op of a small model's step).
+  """
+  return x @ table.T
+
+
+def _tied_logits_fwd(x, table):
+  return x @ table.T, (x, table)
+
+
+def _tied_logits_bwd(residuals, g):
+  x, table = residuals
+  return (g @ table).astype(x.dtype), (x.T @ g).T.astype(table.dtype)
+
+
+tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
+
+
 class Embed(nn.Module):
   """Token embedding [vocab, embed]; `attend` gives tied output logits."""
   num_embeddings: int
@@ -120,7 +144,10 @@ class Embed(nn.Module):
     return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)  # [batch, length, embed]
 
   def attend(self, x: Array) -> Array:
-    return jnp.einsum("bld,vd->blv", x.astype(self.dtype), self.embedding.astype(self.dtype))
+    """Tied logits [..., vocab] (see `tied_logits`)."""
+    flat = x.astype(self.dtype).reshape(-1, x.shape[-1])
+    logits = tied_logits(flat, self.embedding.astype(self.dtype))
+    return logits.reshape(x.shape[:-1] + (self.num_embeddings,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,13 +215,18 @@ class Attention(nn.Module):
 
     if decode:
       q, k, v, mask = self._update_cache(q, k, v, positions, key_valid)
-    elif self.xpos:
-      center = positions_lib.xpos_center(k.shape[1])
-      k = self._rotate(k, positions, center, downscale=True)
-      q = self._rotate(q, positions, center, downscale=False)
+    else:
+      if self.xpos:
+        center = positions_lib.xpos_center(k.shape[1])
+        k = self._rotate(k, positions, center, downscale=True)
+        q = self._rotate(q, positions, center, downscale=False)
+      k, v = _keys_head_major(k), _values_head_major(v)
 
-    q = q * (self.head_dim ** -0.5)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k.astype(q.dtype))   # [batch, heads, q_len, kv_len]
+    # Head-major operands (q [b, h, q, d], k [b, h, d, k], v [b, h, k, d]): both products are
+    # plain batched GEMMs, so XLA:CPU copies no [b, h, *, *] operand or output into another
+    # layout; the KV cache is stored in this layout too.
+    q = jnp.swapaxes(q * (self.head_dim ** -0.5), 1, 2)
+    scores = jnp.einsum("bhqd,bhdk->bhqk", q, k.astype(q.dtype))   # [batch, heads, q_len, kv_len]
     if self.softmax_fp32:
       scores = scores.astype(jnp.float32)
     if mask is not None:
@@ -202,7 +234,8 @@ class Attention(nn.Module):
     weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
     if self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(self.dtype))  # [batch, q_len, heads, kv]
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights, v.astype(self.dtype))
+    out = jnp.swapaxes(out, 1, 2)                                  # [batch, q_len, heads, kv]
     out = nn.with_logical_constraint(out, ("batch", "length", a.heads, a.kv))
     if self.inner_ln:
       batch, length = out.shape[:2]
@@ -222,19 +255,22 @@ class Attention(nn.Module):
     return y.astype(self.dtype)
 
   def _update_cache(self, q, k, v, positions, key_valid):
-    """Writes this call's keys/values at the cache index and returns the mask over the cache.
+    """Writes this call's keys/values at the cache index and returns (q, keys [b, h, d, max],
+    values [b, h, max, d], the mask over the cache).
 
     Keys are cached after xPos rotation with a centre fixed by the cache length, which gives the
     same scores as torchscale's re-rotation of all keys at every step (docs/model.md §4).
     The first (initialising) call only creates the zero cache.
     """
     initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, self.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, self.dtype)
+    batch, q_len, heads, head_dim = k.shape
+    cached_key = self.variable("cache", "cached_key", jnp.zeros,
+                               (batch, heads, head_dim, q_len), self.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros,
+                                 (batch, heads, q_len, head_dim), self.dtype)
     cached_valid = self.variable("cache", "cached_valid", jnp.zeros, k.shape[:2], bool)
     cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    batch, q_len = q.shape[:2]
-    max_len = cached_key.value.shape[1]
+    max_len = cached_key.value.shape[-1]
     if key_valid is None:
       key_valid = jnp.ones((batch, q_len), bool)
     if not initialized:
@@ -244,16 +280,16 @@ class Attention(nn.Module):
         center = positions_lib.xpos_center(q_len)
         k = self._rotate(k, positions, center, downscale=True)
         q = self._rotate(q, positions, center, downscale=False)
-      return q, k, v, mask
+      return q, _keys_head_major(k), _values_head_major(v), mask
     index = cache_index.value
     if self.xpos:
       center = positions_lib.xpos_center(max_len)
       k = self._rotate(k, positions, center, downscale=True)
       q = self._rotate(q, positions, center, downscale=False)
     cached_key.value = jax.lax.dynamic_update_slice(
-        cached_key.value, k.astype(self.dtype), (0, index, 0, 0))
+        cached_key.value, _keys_head_major(k).astype(self.dtype), (0, 0, 0, index))
     cached_value.value = jax.lax.dynamic_update_slice(
-        cached_value.value, v.astype(self.dtype), (0, index, 0, 0))
+        cached_value.value, _values_head_major(v).astype(self.dtype), (0, 0, index, 0))
     cached_valid.value = jax.lax.dynamic_update_slice(
         cached_valid.value, key_valid.astype(bool), (0, index))
     cache_index.value = index + q_len
@@ -262,6 +298,16 @@ class Attention(nn.Module):
     causal = key_slot[None, :] <= query_slot[:, None]                       # [q_len, max_len]
     mask = causal[None, None] & cached_valid.value[:, None, None, :]        # [batch, 1, q, max]
     return q, cached_key.value, cached_value.value, mask
+
+
+def _keys_head_major(k: Array) -> Array:
+  """[batch, length, heads, kv] -> [batch, heads, kv, length] (the scores' GEMM operand)."""
+  return jnp.transpose(k, (0, 2, 3, 1))
+
+
+def _values_head_major(v: Array) -> Array:
+  """[batch, length, heads, kv] -> [batch, heads, length, kv]."""
+  return jnp.swapaxes(v, 1, 2)
 
 
 def activation_fn(name: str) -> Callable[[Array], Array]:
