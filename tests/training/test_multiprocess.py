@@ -39,18 +39,24 @@ def train_single(model_dir, devices):
   assert result.returncode == 0, result.stderr[-3000:]
 
 
-def train_two_processes(model_dir):
+def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+    return s.getsockname()[1]
+
+
+def two_processes(command):
+  """Runs `command + multi-process flags` as processes 0 and 1 (4 CPU devices each)."""
+  port = _free_port()
   procs = [subprocess.Popen(
-      _command(model_dir, "--multiprocess", f"--coordinator_address=127.0.0.1:{port}",
-               "--num_processes=2", f"--process_id={i}"),
+      command + ["--multiprocess", f"--coordinator_address=127.0.0.1:{port}",
+                 "--num_processes=2", f"--process_id={i}"],
       env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
   outputs = [p.communicate(timeout=900) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
+  return outputs
 
 
 def losses(model_dir):
@@ -90,7 +96,7 @@ def resume_from(source_dir, step, target_dir, devices):
 def test_two_processes_match_one_and_resume_on_other_host_and_device_counts(tmp_path):
   single, multi = str(tmp_path / "one_by_8"), str(tmp_path / "two_by_4")
   train_single(single, 8)
-  train_two_processes(multi)
+  two_processes(_command(multi))
   straight, two = losses(single), losses(multi)
   assert sorted(straight) == sorted(two) == list(range(1, STEPS + 1))
   for step in straight:
@@ -104,3 +110,12 @@ def test_two_processes_match_one_and_resume_on_other_host_and_device_counts(tmp_
   for step in range(half + 1, STEPS + 1):
     assert on_8[step] == two[step], step             # same global batch, same mesh shape
     np.testing.assert_allclose(on_4[step], two[step], rtol=0, atol=1e-4, err_msg=str(step))
+
+  # Evaluation runs multi-process too: each process on its own devices, process 0 writes.
+  eval_dir = tmp_path / "eval"
+  outputs = two_processes([sys.executable, "-m", "kosmos_jax.eval", "--gin_file=runs/eval.gin",
+                           f"--gin.CHECKPOINT_DIR='{single}'", f"--gin.EVAL_OUTPUT_DIR='{eval_dir}'",
+                           "--gin.EVAL_TASKS=[('shapes_eval_vqa', 'test')]",
+                           "--gin.eval_script.evaluate.num_examples=8"])
+  assert "report:" in outputs[0][0] and "report:" not in outputs[1][0]
+  assert len(open(eval_dir / "metrics.jsonl").readlines()) == 1
