@@ -11,6 +11,8 @@ from typing import Callable, Optional, Sequence
 from absl import app
 from absl import flags
 
+from kosmos_jax import native_stderr
+
 TRACEBACK_ENV = "KOSMOS_JAX_TRACEBACK"
 USER_ERROR_EXIT = 2
 # Exceptions a user's input causes (bad config, bad path, bad data); anything else is a bug and
@@ -58,8 +60,7 @@ def message(error: BaseException) -> str:
 def run(main: Callable[[Sequence[str]], Optional[int]], argv: Optional[Sequence[str]] = None
         ) -> None:
   """`absl.app.run(main)` with user errors reported as one line."""
-  import kosmos_jax  # pylint: disable=g-import-not-at-top  (the package root, for its stderr guard)
-  startup = kosmos_jax.quiet_native_stderr()
+  startup = native_stderr.quiet_native_stderr()
   startup.__enter__()   # absl's start-up flushes buffered native log lines; main's output is not held
 
   def end_startup():

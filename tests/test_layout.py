@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "kosmos_jax")
 # Lower numbers are lower layers; a module may import only from its own layer or below.
-LAYERS = {"paths": 0, "cli": 0, "models": 0, "data": 1, "checkpointing": 2, "convert": 3, "training": 4,
+LAYERS = {"paths": 0, "cli": 0, "native_stderr": 0, "models": 0, "data": 1, "checkpointing": 2, "convert": 3, "training": 4,
           "inference": 4, "evaluation": 5, "planning": 6}
 ENTRY_LAYER = 6            # train, eval, infer, demo, plan, gin_utils and the gin aliases
 GIN_ALIASES = ("kosmos_jax.trainer", "kosmos_jax.optimizers", "kosmos_jax.partitioning")
