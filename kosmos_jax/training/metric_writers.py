@@ -4,6 +4,7 @@ scripts; and the progress line with ETA."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -13,6 +14,10 @@ from clu import metric_writers
 import jax
 
 from kosmos_jax.checkpointing import run_dir
+
+# data/* counters of records that were kept (cut to the row length), not skipped.
+_KEPT_RECORD_TALLIES = ("data/truncated_to_row_length",)
+
 
 class MetricsLogger:
   """Writes scalars to TensorBoard (clu), the log, and MODEL_DIR/metrics.jsonl (process 0)."""
@@ -24,6 +29,7 @@ class MetricsLogger:
     self.total_steps = total_steps
     self.start_time = time.time()
     self.start_step: Optional[int] = None
+    self.reported_skips: set[str] = set()   # skip reasons already named in the log
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     values = {k: float(v) for k, v in scalars.items() if v is not None}
@@ -46,6 +52,15 @@ class MetricsLogger:
                      ("train/step_time", "{:.3f} s/step"), ("train/mfu", "MFU {:.1%}")):
       if scalars.get(key) is not None:
         parts.append(fmt.format(float(scalars[key])))
+    skipped = {k[len("data/"):]: int(v) for k, v in scalars.items()
+               if k.startswith("data/") and k not in _KEPT_RECORD_TALLIES and v}
+    if skipped:
+      parts.append(f"skipped {sum(skipped.values()):,} records")
+      new = sorted(set(skipped) - self.reported_skips)
+      if new and self.is_chief:
+        logging.warning("data: records skipped as %s (counts by reason in the data/* metrics)",
+                        ", ".join(f"{r} ({skipped[r]:,})" for r in new))
+      self.reported_skips.update(new)
     if math.isfinite(eta):
       parts.append(f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
     line = " | ".join(parts)
