@@ -28,7 +28,7 @@ $(DEMO_STAMP): setup.py | $(VENV)/bin/python
 install: $(TEST_STAMP)
 
 $(TEST_STAMP): setup.py | $(VENV)/bin/python
-	$(PIP) install -q -e '.[test,demo]'
+	$(PIP) install -q -e '.[test,demo,tpu]'
 	# torchscale is the xPos/MAGNETO reference for tests; its declared deps (timm ->
 	# torchvision) are not needed for the decoder, so it goes in without them.
 	$(PIP) install -q --no-deps torchscale==0.3.0

@@ -8,7 +8,6 @@ tried only when a lighter one did not fit at any microbatch count. `max_compiles
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable, Iterator, Sequence
 
 from kosmos_jax.planning import memory
@@ -58,7 +57,7 @@ def search(setup: memory.Setup, plan_fn: Callable[[memory.Setup], dict[str, Any]
           report(f"stopped after --max_compiles={max_compiles} compiles")
           return sorted(results, key=_rank)
         candidate = memory.Candidate(remat, k, data, fsdp, tensor, rules)
-        outcome = _try(setup, candidate, plan_fn, hbm_bytes)
+        outcome = _try(setup, candidate, plan_fn, hbm_bytes, report)
         if outcome is None:
           continue
         compiles += "skipped" not in outcome
@@ -72,16 +71,17 @@ def search(setup: memory.Setup, plan_fn: Callable[[memory.Setup], dict[str, Any]
   return sorted(results, key=_rank)
 
 
-def _try(setup, candidate, plan_fn, hbm_bytes):
-  """One candidate's plan, a 'skipped' record, or None when the batch cannot split."""
+def _try(setup, candidate, plan_fn, hbm_bytes, report):
+  """One candidate's plan, a 'skipped' record, or None (reported) when the batch or an array
+  cannot be split over that mesh."""
   configured = memory.configure(setup, candidate)
   try:
     return plan_fn(configured)
   except memory.StateTooLarge as e:
     return {**_fields(candidate), "fits": False, "skipped": str(e), "peak_bytes": e.bytes,
             "hbm_bytes": hbm_bytes}
-  except ValueError as e:     # batch not divisible by this mesh x microbatches
-    logging.info("skipping %s: %s", candidate.label(), e)
+  except ValueError as e:     # batch / an array not divisible by this mesh (x microbatches)
+    report(f"  skip {candidate.label()}: {' '.join(str(e).split())[:300]}")
     return None
 
 
