@@ -51,7 +51,7 @@ class JsonLines:
 
   @staticmethod
   def _load(path: str) -> bytes:
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with records.open_file(path) as f:
       data = f.read()
     if path.endswith(".gz"):
       return gzip.decompress(data)
@@ -89,7 +89,7 @@ class JsonLines:
     start, end = (int(x) for x in spans[index])
     if data is not None:
       return data[start:end]
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with records.open_file(path) as f:
       f.seek(start)
       return f.read(end - start)
 
@@ -195,9 +195,9 @@ class MMC4Jsonl(_MMC4Documents):
       return None
     path = os.path.join(self.image_dir, name)
     try:
-      with tf.io.gfile.GFile(path, "rb") as f:
+      with records.open_file(path) as f:
         return f.read()
-    except tf.errors.NotFoundError:
+    except (OSError, tf.errors.NotFoundError):
       return None
 
   def read(self, path: str, index: int):

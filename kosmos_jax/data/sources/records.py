@@ -26,6 +26,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from kosmos_jax import paths
 from kosmos_jax.data import preprocessors as pp
 
 FilePatterns = Union[str, Sequence[str]]
@@ -71,6 +72,14 @@ class RecordFormat(abc.ABC):
   @abc.abstractmethod
   def read(self, path: str, index: int) -> tuple[dict[str, Any], Mapping[str, int]]:
     """Record `index` of `path` -> (features, tallies by name); SkipRecord if unusable."""
+
+
+def open_file(path: str, mode: str = "rb"):
+  """A file object: Python's own for local paths (several times faster per small read than
+  tf.io.gfile), tf.io.gfile for remote ones (gs://, s3://, ...)."""
+  if paths.is_remote(path):
+    return tf.io.gfile.GFile(path, mode)
+  return open(path, mode)  # pylint: disable=consider-using-with  (callers close it)
 
 
 def list_files(patterns: FilePatterns, what: str) -> list[str]:

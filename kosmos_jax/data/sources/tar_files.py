@@ -14,7 +14,7 @@ import tarfile
 import threading
 from typing import Optional
 
-import tensorflow as tf
+from kosmos_jax.data.sources import records
 
 _KEY_AND_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")
 _META = re.compile(r"__[^/]*__($|/)")
@@ -40,7 +40,7 @@ def split_member_name(name: str) -> Optional[tuple[str, str]]:
 def index_tar(path: str) -> list[TarSample]:
   """The samples of a tar file, in file order (members of one key must be consecutive)."""
   samples: list[TarSample] = []
-  with tf.io.gfile.GFile(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+  with records.open_file(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
     for member in tar:
       if not member.isreg():
         continue
@@ -81,7 +81,7 @@ class TarIndex:
       files = self._local.files = collections.OrderedDict()
     handle = files.get(path)
     if handle is None:
-      handle = files[path] = tf.io.gfile.GFile(path, "rb")
+      handle = files[path] = records.open_file(path)
       while len(files) > _OPEN_FILES:
         files.popitem(last=False)[1].close()
     offset, size = location
