@@ -221,8 +221,11 @@ def prefill(model: nn.Module, params: Any, cache: Any, tokens: Array, segment_id
             positions: Array, **model_inputs) -> tuple[Array, Any]:
   """Runs the prompt through the model in decode mode, filling the cache.
 
-  Returns (logits of the last prompt column [batch, vocab], cache).
+  Returns (logits of the last prompt column [batch, vocab], cache). For a `Kosmos` only that
+  column goes through the output layer (`last_logits_only`); other modules return them all.
   """
+  if isinstance(model, Kosmos):
+    model_inputs = dict(model_inputs, last_logits_only=True)
   logits, variables = model.apply({"params": params, "cache": cache}, tokens,
                                   segment_ids=segment_ids, positions=positions, decode=True,
                                   mutable=["cache"], **model_inputs)

@@ -103,8 +103,9 @@ class TextDecoder(nn.Module):
   def __call__(self, tokens: Array, *, image_embeds: Optional[Array] = None,
                image_token_mask: Optional[Array] = None, segment_ids: Optional[Array] = None,
                positions: Optional[Array] = None, deterministic: bool = True,
-               decode: bool = False) -> Array:
-    """tokens/segment_ids/positions/image_token_mask: [batch, length]; returns [batch, length, vocab].
+               decode: bool = False, last_logits_only: bool = False) -> Array:
+    """tokens/segment_ids/positions/image_token_mask: [batch, length]; returns [batch, length, vocab]
+    ([batch, 1, vocab] with last_logits_only: a decoding prefill needs only the last column's).
 
     segment_ids: 0 marks padding; distinct ids are packed examples that do not attend to each
     other. Defaults to all ones. positions default to per-segment positions.
@@ -138,6 +139,8 @@ class TextDecoder(nn.Module):
     x, _ = layers.apply_layer_stack(DecoderLayer, layer_kwargs, c.num_layers, x, mask, positions,
                                     ~is_pad, scan=self.scan_layers, remat=self.remat_policy,
                                     unroll=self.scan_unroll)
+    if last_logits_only:
+      x = x[:, -1:]
     x = layers.LayerNorm("embed", c.layer_norm_eps, self.dtype, self.param_dtype,
                          name="layer_norm")(x)
     if c.tie_word_embeddings:
