@@ -19,7 +19,7 @@ OVERRIDES = ["MODEL_OVERRIDES={'text.vocab_size': 128, 'connector.num_latents': 
              f"trainer.TrainerConfig.checkpoint_every={STEPS // 2}",
              "trainer.TrainerConfig.async_checkpoints=False",
              "optimizers.OptimizerConfig.warmup_steps=2",
-             "dataset_config.DatasetConfig.num_data_shards=4"]
+             "NUM_DATA_SHARDS=4"]
 
 
 def _command(model_dir, *extra):
