@@ -13,6 +13,7 @@ planner reads no data, so gin macros left %gin.REQUIRED (MODEL_DIR, task names) 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import re
@@ -123,6 +124,8 @@ def main(argv: Sequence[str], bindings: Sequence[str]) -> int:
                              list(gin_utils.GIN_BINDINGS.value) + list(bindings),
                              gin_utils.GIN_SEARCH_PATHS.value)
   hbm = _HBM_GIB.value * 2**30 if _HBM_GIB.value else chip.hbm_bytes
+  if setup.model.scan_unroll == 0:   # "auto" unrolls on CPU only; the target is an accelerator
+    setup = dataclasses.replace(setup, model=dataclasses.replace(setup.model, scan_unroll=1))
   print(f"plan: {' '.join(gin_utils.GIN_FILES.value)} on {target} ({len(devices)} x "
         f"{chip.device_kind}, {hbm / 2**30:.1f} GiB HBM each)")
   if filled:

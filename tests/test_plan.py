@@ -42,8 +42,9 @@ def test_tiny_config_on_eight_virtual_gpus():
   assert result["fits"] and 0 < result["params_bytes"] < result["peak_bytes"]
   assert result["optimizer_bytes"] > result["params_bytes"]      # Adam: two moments
   assert result["hbm_bytes"] == 80e9
-  # Loops (scanned layers) counted in full: near the model's own count, not a fraction.
-  assert 0.8 < result["flops_vs_model"] < 2.0, result
+  # Loops (scanned layers) counted in full: near the model's own count, not a fraction (the
+  # tiny model is element-wise heavy, which XLA counts and the model count does not).
+  assert 0.8 < result["flops_vs_model"] < 3.0, result
   assert result["roofline_step_seconds"] > 0
   assert any(line.startswith("per device: parameters") for line in lines)
 
