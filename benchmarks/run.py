@@ -60,17 +60,24 @@ UNTUNED = [
 ]
 
 
+def _compare(*args, **kwargs) -> dict:
+  """`train_step.compare`, each row also printed when done (a cut-short run keeps its rows)."""
+  row = train_step.compare(*args, **kwargs)
+  print("train row: " + json.dumps(row), file=sys.stderr, flush=True)
+  return row
+
+
 def train_section(quick: bool) -> dict:
   """fp32 ratios on the benchmark config, untuned shapes and a batch sweep; bf16 apart."""
   steps = 2 if quick else 6
-  rows = [train_step.compare("mid (benchmark config)", M, 8, 256, steps=steps)]
+  rows = [_compare("mid (benchmark config)", M, 8, 256, steps=steps)]
   sweep = [2] if quick else [2, 4, 16]
   for b in sweep:
-    rows.append(train_step.compare(f"mid, batch {b}", M, b, 256, steps=steps, memory=False))
+    rows.append(_compare(f"mid, batch {b}", M, b, 256, steps=steps, memory=False))
   if not quick:
-    rows += [train_step.compare(name, o, b, n, steps=steps) for name, o, b, n in UNTUNED]
-  bf16 = [] if quick else [train_step.compare("mid (benchmark config)", M, 8, 256,
-                                              steps=steps, dtype="bfloat16", memory=False)]
+    rows += [_compare(name, o, b, n, steps=steps) for name, o, b, n in UNTUNED]
+  bf16 = [] if quick else [_compare("mid (benchmark config)", M, 8, 256, steps=steps,
+                                    dtype="bfloat16", memory=False)]
   return {"fp32": rows, "bf16": bf16}
 
 
