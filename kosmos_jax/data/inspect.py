@@ -194,7 +194,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise cli.UserError(f"unexpected arguments {argv[1:]}; flags are --format, --files, ...")
   before = pp.record_counts()
-  shown, count = [], 0
+  shown, count, stopped = [], 0, False
   dump = None
   if _DUMP.value:
     os.makedirs(os.path.dirname(os.path.abspath(_DUMP.value)), exist_ok=True)
@@ -210,7 +210,8 @@ def main(argv: Sequence[str]) -> None:
       if dump is not None:
         dump.write(json.dumps({k: row[k] for k in ("key", "text", "num_images")}) + "\n")
       elif len(shown) >= _N.value and not _SHEET.value and _LIMIT.value is None:
-        break   # nothing else asked for: stop reading after the printed records
+        stopped = True   # nothing else asked for: stop reading after the printed records
+        break
       if _LIMIT.value is not None and count >= _LIMIT.value:
         break
   finally:
@@ -218,7 +219,9 @@ def main(argv: Sequence[str]) -> None:
       dump.close()
   skipped = {reason: n - before.get(reason, 0) for reason, n in pp.record_counts().items()
              if n - before.get(reason, 0) > 0 and reason != "truncated_to_row_length"}
-  print(f"delivered {count} records; skipped {sum(skipped.values())}" +
+  read_on = " before stopping (read further with --limit=N or --dump_jsonl)" if stopped else ""
+  counted = "; counted by reason:" if skipped else "; nothing skipped"
+  print(f"delivered {count} records{read_on}{counted}" +
         "".join(f"\n  {reason}: {n}" for reason, n in sorted(skipped.items())))
   if _SHEET.value:
     contact_sheet(shown, _SHEET.value)

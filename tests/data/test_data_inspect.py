@@ -64,12 +64,19 @@ def test_hostile_webdataset_corpus(tmp_path):
   for shard in range(3):
     layouts.write_webdataset(str(shards / f"{shard:05d}.tar"),
                              [samples[i] for i in order[shard::3]])
+  # A shard cut short mid-sample (an interrupted copy): its complete samples still count.
+  damaged = str(shards / "00003.tar")
+  layouts.write_webdataset(damaged, [layouts.img2dataset_sample(f"cut{i}", jpeg, f"cut {i}")
+                                     for i in range(3)])
+  data = open(damaged, "rb").read()
+  open(damaged, "wb").write(data[: data.index(b"cut 2") - 600])
+  good.update({"cut0": "cut 0", "cut1": "cut 1"})
   out = inspect(tmp_path, "--format=webdataset", "--files=shards/*.tar", "--n=4",
                 "--dump_jsonl=audit/delivered.jsonl", "--contact_sheet=audit/sheet.png",
                 "--max_image_pixels=1000000", "--image_size=64")
   assert skip_counts(out) == {"image_missing": 1, "text_empty": 2, "text_not_utf8": 1,
                               "json_malformed": 1, "status_not_success": 1, "image_empty": 1,
-                              "image_corrupt": 2, "image_too_large": 1}
+                              "image_corrupt": 2, "image_too_large": 1, "file_damaged": 1}
   records = dumped(tmp_path / "audit" / "delivered.jsonl")
   assert set(records) == set(good)
   assert all(records[k]["text"] == f"<image> {good[k]}" and records[k]["num_images"] == 1

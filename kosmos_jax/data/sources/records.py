@@ -32,8 +32,22 @@ from kosmos_jax.data import preprocessors as pp
 FilePatterns = Union[str, Sequence[str]]
 READ_FAILED = "record_unreadable"    # an unexpected error reading one record
 FILE_FAILED = "file_unreadable"      # a file whose records cannot be listed
+FILE_DAMAGED = "file_damaged"        # a file read up to damage (its complete records are kept)
+_DAMAGED_FILES = threading.local()
 _WARNED = set()
 _WARN_LOCK = threading.Lock()
+
+
+def count_damaged_file() -> None:
+  """Called by a format while counting a file's records: the file is damaged but its complete
+  records are kept; `record_pairs` adds it to the `file_damaged` counter."""
+  _DAMAGED_FILES.count = getattr(_DAMAGED_FILES, "count", 0) + 1
+
+
+def _take_damaged_count() -> int:
+  count = getattr(_DAMAGED_FILES, "count", 0)
+  _DAMAGED_FILES.count = 0
+  return count
 
 
 class SkipRecord(Exception):
@@ -149,12 +163,15 @@ class IndexedFileSource(seqio.DataSource):
 
   def _counter(self, files: Sequence[str]):
     def count(file_id):
+      """(records, unreadable 0/1, damaged 0/1) of one file."""
       path = files[int(file_id)]
+      _take_damaged_count()
       try:
-        return np.int64(self.record_format.num_records(path)), np.int64(0)
+        count = self.record_format.num_records(path)
+        return np.int64(count), np.int64(0), np.int64(min(1, _take_damaged_count()))
       except Exception as e:   # pylint: disable=broad-except  (a broken file must not stop a run)
         warn_once(f"{self.name}: cannot list the records of a file", f"{path}: {e}")
-        return np.int64(0), np.int64(1)
+        return np.int64(0), np.int64(1), np.int64(0)
     return count
 
   def _reader(self, files: Sequence[str]):
@@ -238,12 +255,13 @@ def record_pairs(num_files: int, count_fn, *, shuffle: bool, seed: int,
   file_shard, record_shard = host_shards(num_files, shard_info)
   file_ids = epoch_file_ids(num_files, shuffle=shuffle, seed=seed, num_epochs=num_epochs,
                             file_shard=file_shard)
-  unreadable = pp.record_counter(FILE_FAILED)
+  unreadable, damaged = pp.record_counter(FILE_FAILED), pp.record_counter(FILE_DAMAGED)
 
   def records_of(file_id):
-    count, failed = tf.numpy_function(count_fn, [file_id], (tf.int64, tf.int64), stateful=False)
+    count, failed, broken = tf.numpy_function(count_fn, [file_id], (tf.int64,) * 3,
+                                              stateful=False)
     count.set_shape([])
-    with tf.control_dependencies([unreadable.assign_add(failed)]):
+    with tf.control_dependencies([unreadable.assign_add(failed), damaged.assign_add(broken)]):
       count = tf.identity(count)
     return tf.data.Dataset.range(count).map(lambda record: (file_id, record))
   pairs = file_ids.interleave(pp.no_autograph(records_of), cycle_length=cycle_length,

@@ -37,21 +37,27 @@ def split_member_name(name: str) -> Optional[tuple[str, str]]:
   return match.group(1), match.group(2).lower()
 
 
-def index_tar(path: str) -> list[TarSample]:
-  """The samples of a tar file, in file order (members of one key must be consecutive)."""
+def index_tar(path: str) -> tuple[list[TarSample], bool]:
+  """(the samples of a tar file in file order, whether it is damaged). A truncated or corrupt
+  tar keeps the complete samples before the damage (the last, maybe partial, one is dropped)."""
   samples: list[TarSample] = []
-  with records.open_file(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-    for member in tar:
-      if not member.isreg():
-        continue
-      split = split_member_name(member.name)
-      if split is None:
-        continue
-      key, ext = split
-      if not samples or samples[-1].key != key:
-        samples.append(TarSample(key, {}))
-      samples[-1].parts.setdefault(ext, (member.offset_data, member.size))
-  return samples
+  with records.open_file(path) as f:
+    try:
+      with tarfile.open(fileobj=f, mode="r:") as tar:
+        for member in tar:
+          if not member.isreg():
+            continue
+          split = split_member_name(member.name)
+          if split is None:
+            continue
+          key, ext = split
+          if not samples or samples[-1].key != key:
+            samples.append(TarSample(key, {}))
+          samples[-1].parts.setdefault(ext, (member.offset_data, member.size))
+    except (tarfile.TarError, EOFError, OSError) as e:
+      records.warn_once("a damaged tar file", f"{path}: {e}; its complete samples are kept")
+      return samples[:-1], True
+  return samples, False
 
 
 class TarIndex:
@@ -68,7 +74,9 @@ class TarIndex:
       if path in self._indexes:
         self._indexes.move_to_end(path)
         return self._indexes[path]
-    samples = index_tar(path)
+    samples, damaged = index_tar(path)
+    if damaged:
+      records.count_damaged_file()
     with self._lock:
       self._indexes[path] = samples
       while len(self._indexes) > self._max_cached:
