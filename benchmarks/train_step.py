@@ -93,7 +93,9 @@ def jax_step(overrides: dict, batch: int, length: int, images: int = 1, dtype: s
   params = sum(x.size for x in jax.tree_util.tree_leaves(holder["state"].params))
   flops = flops_lib.train_flops_per_step(config, batch, length, images,
                                          vision_trainable=trainer.vision_trainable)
+  state_bytes = lambda: sum(x.nbytes for x in jax.tree_util.tree_leaves(holder["state"]))
   return step, {"params": int(params), "compile_seconds": compile_seconds,
+                "state_bytes": state_bytes,
                 "xla_peak_bytes": xla_bytes, "flops_per_step": float(flops)}
 
 
@@ -137,7 +139,12 @@ def hf_step(overrides: dict, batch: int, length: int, dtype: str = "float32"):
     out.loss.backward()
     opt.step()
     opt.zero_grad()
+  def state_bytes():
+    tensors = list(model.parameters()) + [v for st in opt.state.values() for v in st.values()
+                                          if torch.is_tensor(v)]
+    return sum(t.numel() * t.element_size() for t in tensors)
   return step, {"params": sum(p.numel() for p in model.parameters()),
+                "state_bytes": state_bytes,
                 "framework": f"torch {torch.__version__} (HF Kosmos-2)"}
 
 
@@ -188,18 +195,24 @@ def _status_bytes(field: str) -> int:
 
 
 def memory_child(side: str, spec: dict) -> dict:
-  """In a fresh process: peak RSS of building the model and running 2 steps, above the RSS
-  after imports. Prints and returns {"peak_step_bytes": ...}."""
-  import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  import transformers  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  base = _status_bytes("VmRSS")
+  """In a fresh process: the train state (params + optimizer moments) plus the most a step adds
+  on top of it (peak RSS over 2 steps after a warm-up step, minus the RSS before them; the peak
+  is reset with /proc/self/clear_refs so compilation and allocator caches do not count).
+  Returns {"peak_step_bytes", "state_bytes", "transient_bytes"}."""
   if side == "jax":
-    step, _ = jax_step(spec["overrides"], spec["batch"], spec["length"], dtype=spec["dtype"])
+    step, info = jax_step(spec["overrides"], spec["batch"], spec["length"], dtype=spec["dtype"])
   else:
-    step, _ = hf_step(spec["overrides"], spec["batch"], spec["length"], dtype=spec["dtype"])
+    step, info = hf_step(spec["overrides"], spec["batch"], spec["length"], dtype=spec["dtype"])
+  step()
+  before = _status_bytes("VmRSS")
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")                       # resets VmHWM to the current RSS
   step()
   step()
-  return {"peak_step_bytes": _status_bytes("VmHWM") - base}
+  transient = max(_status_bytes("VmHWM") - before, 0)
+  state = info["state_bytes"]()
+  return {"peak_step_bytes": state + transient, "state_bytes": state,
+          "transient_bytes": transient}
 
 
 def measure_memory(side: str, overrides: dict, batch: int, length: int,
@@ -210,7 +223,10 @@ def measure_memory(side: str, overrides: dict, batch: int, length: int,
           f"print('MEM', json.dumps(t.memory_child({side!r}, json.loads(sys.argv[1]))))")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
-    out = subprocess.run([sys.executable, "-c", code, spec], cwd=root, capture_output=True,
+    # A fixed mmap threshold: every block >= 64 KiB is mapped and unmapped, so RSS follows the
+    # live bytes on both sides (glibc otherwise keeps freed heap and hides reuse).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", code, spec], cwd=root, capture_output=True, env=env,
                          text=True, timeout=900, check=True).stdout
   except (subprocess.SubprocessError, OSError) as e:
     print(f"(memory child {side} failed: {e})", file=sys.stderr)
