@@ -3,8 +3,8 @@
 `cost_analysis()` counts a while loop's body once, so where the layers' `nn.scan` (or the
 microbatch `lax.scan`) stays a loop — XLA:CPU — it reports a fraction of the step. This walks
 the optimized HLO text: every `dot` and `convolution` is 2 x output elements x contracted size,
-and a computation called from a while loop counts `known_trip_count` times (XLA records it in
-the loop's backend_config). `loop_factor` = that count over the same count with every loop run
+and a computation called from a while loop counts `known_trip_count` times (XLA:CPU records it in
+the loop's backend_config; on TPU, the bound in the loop condition). `loop_factor` = that count over the same count with every loop run
 once; the planner scales XLA's FLOPs by it. The TPU compiler unrolls these loops (factor 1) and
 writes many matmuls as windowed convolutions this simple count does not size exactly, which is
 why only the ratio is used.
@@ -21,6 +21,7 @@ _ARRAY = re.compile(r"^\w+\[([\d,]*)\]")
 _OPERANDS = re.compile(r"%([\w.\-]+)")
 _CALLEES = re.compile(r"(?:calls|body|to_apply|true_computation|false_computation)=%([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_CONDITION = re.compile(r"condition=%([\w.\-]+)")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _CONTRACT = re.compile(r"lhs_contracting_dims=\{([\d,]*)\}")
 _DIM_LABELS = re.compile(r"dim_labels=\w+_(\w+)->")
@@ -66,6 +67,16 @@ def _matmul_flops(op: str, shape: tuple[int, ...], rest: str, shapes: dict) -> f
   return 2.0 * math.prod(shape) * math.prod(rhs) / max(out_features, 1)
 
 
+def _condition_bound(computations: dict, rest: str) -> int:
+  """The loop bound from the condition's integer constant (the TPU compiler's HLO has no
+  known_trip_count): `i < N` with i counting from 0. 1 when there is none."""
+  condition = _CONDITION.search(rest)
+  bounds = [int(r.split(")")[0]) for _, shape, op, r in
+            computations.get(condition.group(1) if condition else "", [])
+            if op == "constant" and shape == () and r.split(")")[0].isdigit()]
+  return max(bounds) if bounds else 1
+
+
 def matmul_flops(hlo_text: str, count_trips: bool = True) -> float:
   """FLOPs of the dots and convolutions of `hlo_text` (one device's program), with loops run
   `known_trip_count` times (or once each, without count_trips)."""
@@ -84,7 +95,7 @@ def matmul_flops(hlo_text: str, count_trips: bool = True) -> float:
       trips = 1
       if op == "while" and count_trips:
         trip = _TRIP.search(rest)
-        trips = int(trip.group(1)) if trip else 1
+        trips = int(trip.group(1)) if trip else _condition_bound(computations, rest)
       callees = _CALLEES.findall(rest)
       for branches in _BRANCHES.findall(rest):
         callees += _OPERANDS.findall(branches)
