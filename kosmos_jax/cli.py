@@ -21,6 +21,12 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
                PermissionError, KeyError)
 
 
+# The gin flags every gin-configured command takes (train, eval, plan, data.inspect, ...):
+# defined once here, below both the entry points and the data tools that read them.
+GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin config file(s), applied in order")
+GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings")
+
+
 class UserError(ValueError):
   """A mistake the user can fix; the message says what, where and how."""
 

@@ -35,8 +35,7 @@ logging.getLogger().addFilter(_QuietGinResourceMisses())
 
 PACKAGE_GIN_DIR = paths.GIN_DIR
 
-GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin config file(s), applied in order")
-GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings")
+GIN_FILES, GIN_BINDINGS = cli.GIN_FILES, cli.GIN_BINDINGS   # --gin_file, --gin_bindings
 GIN_SEARCH_PATHS = flags.DEFINE_list("gin_search_paths", [], "folders searched for gin files")
 # Flags live here, not in the entry modules: `python -m kosmos_jax.train` runs train.py as
 # __main__ and the gin files import it again as kosmos_jax.train.

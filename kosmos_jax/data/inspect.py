@@ -51,8 +51,6 @@ _MAX_PIXELS = flags.DEFINE_integer("max_image_pixels", images_lib.DEFAULT_MAX_IM
                                    "images over this many pixels are refused", lower_bound=1)
 _SHEET = flags.DEFINE_string("contact_sheet", None, "write a PNG grid of the first records")
 _DUMP = flags.DEFINE_string("dump_jsonl", None, "write one JSON object per delivered record")
-_GIN_FILES = flags.DEFINE_multi_string("gin_file", [], "gin files registering --task")
-_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "extra gin bindings")
 
 
 def source_for(fmt: str, files: str, **options) -> seqio.DataSource:
@@ -164,12 +162,12 @@ def contact_sheet(rows: Sequence[dict[str, Any]], path: str, thumb: int = 160,
 
 
 def _load_gin() -> None:
-  if not (_GIN_FILES.value or _GIN_BINDINGS.value):
+  files, bindings = cli.GIN_FILES.value, cli.GIN_BINDINGS.value   # --gin_file, --gin_bindings
+  if not (files or bindings):
     return
   gin.add_config_file_search_path(paths.GIN_DIR)
   gin.parse_config_files_and_bindings(
-      [paths.resolve(f, os.getcwd()) if os.path.exists(f) else f for f in _GIN_FILES.value],
-      _GIN_BINDINGS.value)
+      [paths.resolve(f, os.getcwd()) if os.path.exists(f) else f for f in files], bindings)
 
 
 def _delivered() -> Iterator[dict[str, Any]]:
