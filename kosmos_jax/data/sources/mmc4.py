@@ -16,6 +16,7 @@ their document and counted; documents with more than `max_document_images` image
 """
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import collections
@@ -122,8 +123,9 @@ class _MMC4Documents(records.RecordFormat):
             "images": tf.TensorSpec([None], tf.string),
             "image_text_index": tf.TensorSpec([None], tf.int32)}
 
+  @abc.abstractmethod
   def image_bytes(self, info: Mapping[str, Any]) -> Optional[bytes]:
-    raise NotImplementedError
+    """The encoded bytes of one `image_info` entry (a file or inline base64); None if absent."""
 
   def _placements(self, doc: Mapping[str, Any], infos: list, num_texts: int):
     """[(image info, text index, similarity)] per the assignment; SkipRecord if out of range."""
