@@ -25,6 +25,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from kosmos_jax import host_malloc
 from kosmos_jax.models import config as config_lib
 from kosmos_jax.training import flops as flops_lib
 from kosmos_jax.training import optimizers
@@ -103,10 +104,14 @@ def hf_config(overrides: dict):
   """The HF Kosmos2Config of the same shape as our overrides (text, ViT, latents)."""
   from transformers import Kosmos2Config  # pylint: disable=g-import-not-at-top
   o = {**MID, **overrides}
+  text = config_lib.get_config("tiny", o).text
   return Kosmos2Config(
       text_config=dict(vocab_size=o["text.vocab_size"], embed_dim=o["text.embed_dim"],
                        layers=o["text.num_layers"], attention_heads=o["text.num_heads"],
-                       ffn_dim=o["text.ffn_dim"], max_position_embeddings=o["text.max_len"]),
+                       ffn_dim=o["text.ffn_dim"], max_position_embeddings=o["text.max_len"],
+                       # the same dropout as ours (HF's defaults are 0.1): same work per step
+                       dropout=text.dropout, attention_dropout=text.attention_dropout,
+                       activation_dropout=text.activation_dropout),
       vision_config=dict(hidden_size=o["vision.embed_dim"], intermediate_size=o["vision.mlp_dim"],
                          num_hidden_layers=o["vision.num_layers"],
                          num_attention_heads=o["vision.num_heads"],
@@ -283,6 +288,7 @@ _OUT = flags.DEFINE_string("train_out", os.path.join(os.path.dirname(__file__), 
 
 def main(argv):
   del argv
+  host_malloc.tune()
   row = compare("mid (8.9 M)", MID, 8, 256, steps=_STEPS.value, hf=not _SKIP_HF.value)
   print(json.dumps(row, indent=1))
   os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)
