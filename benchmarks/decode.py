@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kosmos_jax import host_malloc
 from kosmos_jax.inference import decoding
 from kosmos_jax.convert import hf_kosmos2
 from kosmos_jax.models import kosmos
@@ -173,7 +172,6 @@ def measure(batch_sizes, new: int, warmup: int, repeats: int, threads,
 
 def main(argv):
   del argv
-  host_malloc.tune()
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   new = _NEW.value

@@ -33,7 +33,6 @@ import jax
 from benchmarks import decode as decode_bench
 from benchmarks import plot
 from benchmarks import train_step
-from kosmos_jax import host_malloc
 
 _QUICK = flags.DEFINE_bool("quick", False, "small run (CI smoke test, a few minutes)")
 _OUT_DIR = flags.DEFINE_string("out_dir", os.path.join(os.path.dirname(__file__), "results"),
@@ -183,7 +182,6 @@ def _commit() -> str:
 
 def main(argv):
   del argv
-  host_malloc.tune()   # what every kosmos_jax command does; before JAX starts its CPU client
   if _ACCEL.value:
     from benchmarks import accelerator  # pylint: disable=g-import-not-at-top
     accelerator.main(_PRESET.value, _OUT_DIR.value, dry_run=_DRY_RUN.value)

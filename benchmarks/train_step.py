@@ -25,7 +25,6 @@ from absl import flags
 import jax
 import numpy as np
 
-from kosmos_jax import host_malloc
 from kosmos_jax.models import config as config_lib
 from kosmos_jax.training import flops as flops_lib
 from kosmos_jax.training import optimizers
@@ -288,7 +287,6 @@ _OUT = flags.DEFINE_string("train_out", os.path.join(os.path.dirname(__file__), 
 
 def main(argv):
   del argv
-  host_malloc.tune()
   row = compare("mid (8.9 M)", MID, 8, 256, steps=_STEPS.value, hf=not _SKIP_HF.value)
   print(json.dumps(row, indent=1))
   os.makedirs(os.path.dirname(_OUT.value), exist_ok=True)

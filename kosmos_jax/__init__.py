@@ -2,6 +2,7 @@
 import os as _os
 import sys as _sys
 
+from kosmos_jax import host_malloc as _host_malloc
 from kosmos_jax import native_stderr as _native_stderr
 
 
@@ -15,4 +16,6 @@ def _import_tensorflow_quietly() -> None:
     import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
 
+# Before TensorFlow and JAX start their threads (each picks its malloc arena on first use).
+_host_malloc.tune()
 _import_tensorflow_quietly()

@@ -11,7 +11,6 @@ from typing import Callable, Optional, Sequence
 from absl import app
 from absl import flags
 
-from kosmos_jax import host_malloc
 from kosmos_jax import native_stderr
 
 TRACEBACK_ENV = "KOSMOS_JAX_TRACEBACK"
@@ -67,7 +66,6 @@ def message(error: BaseException) -> str:
 def run(main: Callable[[Sequence[str]], Optional[int]], argv: Optional[Sequence[str]] = None
         ) -> None:
   """`absl.app.run(main)` with user errors reported as one line."""
-  host_malloc.tune()    # before JAX starts its CPU client (see host_malloc)
   startup = native_stderr.quiet_native_stderr()
   startup.__enter__()   # absl's start-up flushes buffered native log lines; main's output is not held
 

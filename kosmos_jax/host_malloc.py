@@ -8,8 +8,9 @@ of the benchmark config on two cores (docs/performance.md). With one arena, no m
 requests and no trimming, freed memory stays in the process and the next step reuses it; peak
 memory is unchanged, but it is not handed back to the OS until the process ends.
 
-`tune()` must run before JAX starts its CPU client (its threads pick their arenas on first
-use): every command does it in `cli.run`. KOSMOS_JAX_SYSTEM_MALLOC=1 leaves glibc's defaults.
+`tune()` must run before TensorFlow and JAX start their threads (each thread picks its arena on
+first use), so importing `kosmos_jax` does it, before it imports TensorFlow.
+KOSMOS_JAX_SYSTEM_MALLOC=1 leaves glibc's defaults.
 """
 from __future__ import annotations
 

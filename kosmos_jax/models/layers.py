@@ -42,10 +42,12 @@ def linear_init(kind: str, fan_in: int, gain: float = 1.0, std: float = 0.02) ->
 def project(x: Array, kernel: Array, in_dims: int) -> Array:
   """Contracts x's last `in_dims` dims with kernel's first: [..., in...] -> [..., out...].
 
-  Same values as autodiff; the custom backward writes the kernel gradient as x^T @ g, contracting
-  the token dims with the activation as the transposed operand. Autodiff's form, (g^T @ x)^T,
-  transposes the gradient instead, and XLA:CPU then fuses the residual stream's whole gradient
-  chain into that transposed copy, once per layer it feeds (docs/performance.md).
+  Same values as autodiff; the custom backward computes the kernel gradient on 2-D views,
+  [tokens, in]^T @ [tokens, out], transposing whichever of the two is narrower. Autodiff's form
+  contracts the [batch, length] dims of 3-D arrays, for which XLA:CPU writes a transposed copy
+  with the elementwise producers (activation, LayerNorm, the residual stream's gradient chain
+  through every layer above) fused in and recomputed, once per layer: a fifth of the benchmark
+  step (docs/performance.md).
   """
   return _project(x, kernel, in_dims)
 
@@ -66,10 +68,14 @@ def _project_bwd(in_dims, residuals, g):
   grad_x = jax.lax.dot_general(
       g, kernel, ((tuple(range(g.ndim - out_dims, g.ndim)), tuple(range(in_dims, kernel.ndim))),
                   ((), ())))
-  # [tokens, in]^T @ [tokens, out] on 2-D views: the form XLA:CPU runs fastest (see docstring)
+  # [tokens, in]^T @ [tokens, out] on 2-D views (see docstring); the barrier keeps XLA from
+  # folding the small result's transpose into the GEMM (a slower transposed-output GEMM).
   x_2d = x.reshape(-1, math.prod(x.shape[batch_dims:]))
   g_2d = g.reshape(-1, math.prod(g.shape[batch_dims:]))
-  grad_kernel = (x_2d.T @ g_2d).reshape(kernel.shape)
+  if x_2d.shape[1] > g_2d.shape[1]:
+    grad_kernel = jax.lax.optimization_barrier(g_2d.T @ x_2d).T.reshape(kernel.shape)
+  else:
+    grad_kernel = (x_2d.T @ g_2d).reshape(kernel.shape)
   return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 
@@ -150,7 +156,10 @@ def _tied_logits_fwd(x, table):
 
 def _tied_logits_bwd(residuals, g):
   x, table = residuals
-  return (g @ table).astype(x.dtype), (x.T @ g).T.astype(table.dtype)
+  # The barrier keeps XLA from folding the final transpose into the GEMM (which makes it a
+  # slower transposed-output GEMM); transposing the small [embed, vocab] result costs little.
+  table_grad = jax.lax.optimization_barrier(x.T @ g).T
+  return (g @ table).astype(x.dtype), table_grad.astype(table.dtype)
 
 
 tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
