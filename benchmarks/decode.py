@@ -114,7 +114,8 @@ def interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict[str, float
 
 
 def ours_generate(config, params, batch, new_tokens):
-  model = kosmos.Kosmos(config)
+  # As a server does (`Runner`): the decoding layer layout once, not inside every call.
+  model, params = decoding.decoding_layout(kosmos.Kosmos(config), params)
   images = jnp.asarray(np.transpose(batch["pixel_values"], (0, 2, 3, 1))[:, None])
   tokens = jnp.asarray(batch["input_ids"])
   mask = jnp.asarray(batch["image_embeds_position_mask"])

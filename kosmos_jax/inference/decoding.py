@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import flax
 import flax.linen as nn
@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kosmos_jax.inference.constraints import PrefixTrie  # re-exported: decoding.PrefixTrie
 from kosmos_jax.models import layers as layers_lib
 from kosmos_jax.models import param_layout
 from kosmos_jax.models.decoder import padded_positions
@@ -109,54 +110,6 @@ class DecodeConfig:
     if problems:
       raise ValueError("Invalid DecodeConfig: " + "; ".join(problems))
     return self
-
-
-@flax.struct.dataclass
-class PrefixTrie:
-  """A set of candidate token sequences as trie edges, for decoding constrained to the set.
-
-  Node 0 is the root; edge e goes from node `parent[e]` to node `child[e]` with token `token[e]`.
-  Every candidate ends with `eos_id` (appended when missing), so a row that is constrained stops
-  exactly at the end of a candidate, and a candidate that is a prefix of another stays reachable.
-  Edge arrays (rather than a [nodes, vocab] table) keep 1,000 ImageNet names in a few KiB.
-  """
-  parent: Array    # [edges] int32
-  token: Array     # [edges] int32
-  child: Array     # [edges] int32
-  eos_id: int = flax.struct.field(pytree_node=False)
-
-  @classmethod
-  def from_candidates(cls, candidates: Sequence[Sequence[int]], eos_id: int) -> "PrefixTrie":
-    """Builds the trie of `candidates` (lists of token ids, without or with a final eos)."""
-    if not candidates:
-      raise ValueError("PrefixTrie needs at least one candidate")
-    children: dict[tuple[int, int], int] = {}
-    for i, candidate in enumerate(candidates):
-      seq = [int(t) for t in candidate]
-      if not seq or seq == [eos_id]:
-        raise ValueError(f"candidate {i} is empty; every candidate needs at least one token")
-      if eos_id in seq[:-1]:
-        raise ValueError(f"candidate {i} has eos_id={eos_id} before its end: {seq}")
-      if min(seq) < 0:
-        raise ValueError(f"candidate {i} has a negative token id: {seq}")
-      node = 0
-      for t in seq if seq[-1] == eos_id else seq + [eos_id]:
-        node = children.setdefault((node, t), len(children) + 1)
-    edges = np.array([(p, t, c) for (p, t), c in children.items()], np.int32)   # [edges, 3]
-    return cls(parent=jnp.asarray(edges[:, 0]), token=jnp.asarray(edges[:, 1]),
-               child=jnp.asarray(edges[:, 2]), eos_id=int(eos_id))
-
-  def allowed(self, node: Array, vocab: int) -> Array:
-    """[rows] node ids -> [rows, vocab] bool, the tokens that continue some candidate."""
-    hit = (self.parent[None, :] == node[:, None]).astype(jnp.int32)          # [rows, edges]
-    rows = jnp.arange(node.shape[0])[:, None]
-    counts = jnp.zeros((node.shape[0], vocab), jnp.int32)
-    return counts.at[rows, self.token[None, :]].add(hit) > 0
-
-  def next_node(self, node: Array, token: Array) -> Array:
-    """[rows] node, [rows] token -> [rows] child node (-1 if the token leaves the trie)."""
-    hit = (self.parent[None, :] == node[:, None]) & (self.token[None, :] == token[:, None])
-    return jnp.max(jnp.where(hit, self.child[None, :], -1), axis=1)
 
 
 @flax.struct.dataclass
@@ -527,10 +480,12 @@ def _beam_search(model, params, tokens, segment_ids, positions, images, image_to
 
 def decoding_layout(model: nn.Module, params: Any) -> tuple[nn.Module, Any]:
   """The model and params the decoding program runs: where the layer stack is fully unrolled
-  anyway (CPU, `scan_unroll` auto), a scanned `Kosmos` is decoded with its layers unscanned
-  (params sliced once per call), so that the per-token loop neither re-slices every layer's
-  weights out of the stacked arrays nor restacks the whole KV cache at every token. Same
-  function, same results; elsewhere (or for other modules) unchanged."""
+  anyway (CPU, `scan_unroll` auto), a scanned `Kosmos` is decoded with its layers unscanned,
+  so that the per-token loop neither re-slices every layer's weights out of the stacked arrays
+  nor restacks the whole KV cache at every token. Same function, same results; elsewhere (or
+  for other modules) unchanged. `decode` applies it inside its program (a copy of the layer
+  weights per call); callers that decode many times with the same params (`Runner`, the
+  HF-compatible wrapper) apply it once and pass the result."""
   config = getattr(model, "config", None)
   if not isinstance(model, Kosmos) or not config.scan_layers:
     return model, params

@@ -82,13 +82,14 @@ class KosmosForConditionalGeneration:
 
   def __init__(self, params: Any, config: config_lib.KosmosConfig, *, eos_token_id: int = 2,
                pad_token_id: int = 1, bos_token_id: int = 0, hf_positions: bool = True):
-    self.params = jax.device_put(params)     # once, not on every call
     self.config = config
     self.eos_token_id = eos_token_id
     self.pad_token_id = pad_token_id
     self.bos_token_id = bos_token_id
     self.hf_positions = hf_positions
-    self.module = kosmos.Kosmos(config)
+    # device transfer and decoding layer layout once, not on every call
+    self.module, self.params = decoding.decoding_layout(kosmos.Kosmos(config),
+                                                        jax.device_put(params))
 
   def _inputs(self, input_ids, pixel_values, image_embeds_position_mask, attention_mask
               ) -> dict[str, Optional[jnp.ndarray]]:

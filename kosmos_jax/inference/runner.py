@@ -39,7 +39,9 @@ class Runner:
 
   def __init__(self, model, params, vocab: KosmosVocabulary, *, batch_size: int = 16,
                num_image_tokens: Optional[int] = None, image_size: Optional[int] = None):
-    self.model, self.params, self.vocab = model, params, vocab
+    # The layer layout decoding runs, once here rather than inside every decode call.
+    self.model, self.params = decoding.decoding_layout(model, params)
+    self.vocab = vocab
     self.batch_size = batch_size
     config = model.config
     self.num_image_tokens = num_image_tokens or config.num_image_tokens
