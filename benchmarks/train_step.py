@@ -5,8 +5,10 @@
 Mid-size benchmark config (8.9 M params): text 4 x 256 (vocab 8000), CLIP-style ViT 4 x 256 at
 224 px / patch 14, 64 latents; batch 8 x 256 tokens with 64 image positions. Both sides run a
 full AdamW step (lr 1e-4, weight decay 0.01 on ours' default mask, HF: all params) in fp32 on
-the same shapes. Timing: warm-up steps, then ours and HF in alternating blocks (the machine may
-be shared, so load hits both alike), median step. Memory: each side in its own child process,
+the same shapes. Timing: each side in its own process (so neither framework's idle worker
+threads compete with the other's step), in alternating rounds (the machine may be shared, so a
+load change hits both alike); warm-up steps, then the median step. Memory: each side in its own
+child process,
 peak RSS of the child minus its RSS after imports (what the model, optimizer state and step
 need), plus XLA's buffer analysis of our compiled step. `benchmarks.run` calls these functions
 for more shapes; this script prints the benchmark config only.
@@ -174,20 +176,56 @@ def bench_jax(name: str, preset: str, overrides: dict, batch: int, length: int, 
           "tokens_per_sec": batch * length / median, **info}
 
 
-def alternating_medians(fns: dict, warmup: int, steps: int, blocks: int = 2) -> dict:
-  """Median seconds per call of each function, run in alternating blocks of calls."""
-  for fn in fns.values():
-    for _ in range(warmup):
-      fn()
-  times = {name: [] for name in fns}
-  per_block = max(1, -(-steps // blocks))
-  for _ in range(blocks):
-    for name, fn in fns.items():
-      for _ in range(per_block):
-        start = time.perf_counter()
-        fn()
-        times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+def timing_child(side: str, spec: dict) -> dict:
+  """In a fresh process: `warmup` untimed then `steps` timed train steps of one side ("jax", or
+  "hf" at each of `spec["threads"]` torch thread counts). Returns {"times": {label: [s, ...]},
+  "info": {...}} (JSON-able)."""
+  args = (spec["overrides"], spec["batch"], spec["length"])
+  if side == "jax":
+    step, info = jax_step(*args, dtype=spec["dtype"])
+    fns = {"ours": step}
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    step, info = hf_step(*args, dtype=spec["dtype"])
+    fns = {f"hf_{t}": (lambda t=t: (torch.set_num_threads(t), step())) for t in spec["threads"]}
+  times = {label: time_steps(fn, spec["warmup"], spec["steps"]) for label, fn in fns.items()}
+  return {"times": times, "info": {k: v for k, v in info.items() if not callable(v)}}
+
+
+def run_child(function: str, side: str, spec: dict, env: dict | None = None) -> dict | None:
+  """`function(side, spec)` of this module in a subprocess; its JSON result, None if it fails."""
+  code = ("import json,sys; from benchmarks import train_step as t; "
+          f"print('RESULT', json.dumps(t.{function}({side!r}, json.loads(sys.argv[1]))))")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], cwd=root,
+                         capture_output=True, env={**os.environ, **(env or {})}, text=True,
+                         timeout=1800, check=True).stdout
+  except (subprocess.SubprocessError, OSError) as e:
+    detail = getattr(e, "stderr", "") or ""
+    print(f"({function} {side} failed: {e}; {detail[-800:]})", file=sys.stderr)
+    return None
+  lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+  return json.loads(lines[-1][7:]) if lines else None
+
+
+def isolated_medians(spec: dict, hf: bool, rounds: int = 2) -> tuple[dict, dict, dict]:
+  """Median step seconds of each side, every side in its own process, in alternating rounds
+  (ours, HF, ours, HF, ...): one framework's idle worker threads (torch's OpenMP threads spin
+  after each parallel region) never steal cores from the other's step, and a load change on a
+  shared machine hits both sides alike. Returns (medians, our info, HF info)."""
+  times: dict[str, list[float]] = {}
+  infos: dict[str, dict] = {}
+  for _ in range(rounds):
+    for side in ["jax"] + (["hf"] if hf else []):
+      result = run_child("timing_child", side, spec)
+      if result is None:
+        raise RuntimeError(f"the {side} timing process failed (its stderr is above)")
+      infos[side] = result["info"]
+      for label, t in result["times"].items():
+        times.setdefault(label, []).extend(t)
+  medians = {label: statistics.median(t) for label, t in times.items()}
+  return medians, infos["jax"], infos.get("hf", {})
 
 
 def _status_bytes(field: str) -> int:
@@ -222,39 +260,25 @@ def memory_child(side: str, spec: dict) -> dict:
 def measure_memory(side: str, overrides: dict, batch: int, length: int,
                    dtype: str = "float32") -> int | None:
   """Runs `memory_child` in a subprocess (a clean allocator per side); None if it fails."""
-  spec = json.dumps({"overrides": overrides, "batch": batch, "length": length, "dtype": dtype})
-  code = ("import json,sys; from benchmarks import train_step as t; "
-          f"print('MEM', json.dumps(t.memory_child({side!r}, json.loads(sys.argv[1]))))")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  try:
-    # A fixed mmap threshold: every block >= 64 KiB is mapped and unmapped, so RSS follows the
-    # live bytes on both sides (glibc otherwise keeps freed heap and hides reuse).
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    out = subprocess.run([sys.executable, "-c", code, spec], cwd=root, capture_output=True, env=env,
-                         text=True, timeout=900, check=True).stdout
-  except (subprocess.SubprocessError, OSError) as e:
-    print(f"(memory child {side} failed: {e})", file=sys.stderr)
-    return None
-  lines = [l for l in out.splitlines() if l.startswith("MEM ")]
-  return json.loads(lines[-1][4:])["peak_step_bytes"] if lines else None
+  spec = {"overrides": overrides, "batch": batch, "length": length, "dtype": dtype}
+  # glibc's defaults with a fixed mmap threshold: every block >= 64 KiB is mapped and unmapped,
+  # so RSS follows the live bytes on both sides (kosmos_jax's allocator setting keeps freed
+  # memory, and glibc's default keeps freed heap, both of which would hide reuse).
+  env = {"MALLOC_MMAP_THRESHOLD_": "65536", "KOSMOS_JAX_SYSTEM_MALLOC": "1"}
+  result = run_child("memory_child", side, spec, env)
+  return None if result is None else result["peak_step_bytes"]
 
 
 def compare(name: str, overrides: dict, batch: int, length: int, *, steps: int = 6,
             warmup: int = 2, hf: bool = True, memory: bool = True,
             dtype: str = "float32") -> dict:
   """Ours vs HF on one shape: step seconds, tokens/s, ratio, peak memory of each side."""
-  ours, info = jax_step(overrides, batch, length, dtype=dtype)
-  fns = {"ours": ours}
-  hf_info, threads = {}, []
-  if hf:
-    import torch  # pylint: disable=g-import-not-at-top
-    step, hf_info = hf_step(overrides, batch, length, dtype=dtype)
-    # HF at each torch thread count, the faster reported: on a shared machine torch's OpenMP
-    # barriers can make all-core runs much slower than one thread.
-    threads = sorted({1, os.cpu_count() or 1})
-    for t in threads:
-      fns[f"hf_{t}"] = (lambda t=t: (torch.set_num_threads(t), step()))
-  seconds = alternating_medians(fns, warmup, steps)
+  # HF at each torch thread count, the faster reported: on a shared machine torch's OpenMP
+  # barriers can make all-core runs much slower than one thread.
+  threads = sorted({1, os.cpu_count() or 1})
+  spec = {"overrides": overrides, "batch": batch, "length": length, "dtype": dtype,
+          "threads": threads, "warmup": warmup, "steps": max(1, -(-steps // 2))}
+  seconds, info, hf_info = isolated_medians(spec, hf)
   row = {"name": name, "dtype": dtype, "batch": batch, "length": length,
          "params": info["params"], "ours_step_seconds": seconds["ours"],
          "ours_tokens_per_sec": batch * length / seconds["ours"],
@@ -266,7 +290,6 @@ def compare(name: str, overrides: dict, batch: int, length: int, *, steps: int =
   row["ours_mfu"] = None if not peak else info["flops_per_step"] / seconds["ours"] / peak
   if hf:
     best = min(threads, key=lambda t: seconds[f"hf_{t}"])
-    torch.set_num_threads(max(threads))
     row.update(hf_step_seconds=seconds[f"hf_{best}"],
                hf_tokens_per_sec=batch * length / seconds[f"hf_{best}"],
                hf_params=hf_info["params"], hf_framework=hf_info["framework"],
