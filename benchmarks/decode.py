@@ -11,8 +11,9 @@ tokens (75 tokens), one image per row, no padding. Greedy, fp32, exactly `--new_
 (eos disabled on both sides).
 
 Each measurement: `--warmup` calls (compilation included in ours), then the median of
-`--repeats` timed calls of the whole generate (image encoding + prefill + decode loop), ours and
-HF's timed in alternation (the machine may be shared). HF runs with each of `--torch_threads`
+`--repeats` timed calls of the whole generate (image encoding + prefill + decode loop), each side
+timed in its own process, in two alternating rounds (neither framework's idle threads compete
+with the other's calls; the machine may be shared, so load hits both alike). HF runs with each of `--torch_threads`
 and the faster is reported: when other processes compete for the cores, torch's OpenMP barriers
 make 2 threads up to 10x slower than 1 on 2 cores. A second measurement with one new token
 gives the prefill cost, so
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import train_step
 from kosmos_jax.inference import decoding
 from kosmos_jax.convert import hf_kosmos2
 from kosmos_jax.models import kosmos
@@ -98,19 +100,44 @@ def prompt_batch(config, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
               attention_mask=np.ones_like(ids))
 
 
-def interleaved_medians(fns: dict, warmup: int, repeats: int) -> dict[str, float]:
-  """Median seconds per call of each function, timed in alternation so that load from other
-  processes on a shared machine hits every side alike."""
-  for fn in fns.values():
-    for _ in range(warmup):
+def timing_child(side: str, spec: dict) -> dict:
+  """In a fresh process: seconds of each timed generate call of one side ("ours", or "hf" at
+  each torch thread count) per batch size and new-token count. JSON-able:
+  {"<label> <batch> <new>": [seconds, ...]}."""
+  hf, config, params = build_models(spec["hf_config"])
+  fns = {}
+  for batch_size in spec["batch_sizes"]:
+    batch = prompt_batch(config, batch_size)
+    for n in (spec["new"], 1):
+      if side == "ours":
+        fns[f"ours {batch_size} {n}"] = ours_generate(config, params, batch, n)
+      else:
+        for t in spec["threads"]:
+          fns[f"hf_{t}_threads {batch_size} {n}"] = hf_generate(hf, batch, n, t)
+  times = {}
+  for label, fn in fns.items():
+    for _ in range(spec["warmup"]):
       fn()
-  times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
+    times[label] = []
+    for _ in range(spec["repeats"]):
       start = time.perf_counter()
       fn()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+      times[label].append(time.perf_counter() - start)
+  return times
+
+
+def isolated_times(spec: dict, rounds: int = 2) -> dict[str, float]:
+  """Median seconds per call of each label, each side in its own process, alternating rounds
+  (neither framework's idle threads compete with the other's calls; load hits both alike)."""
+  times: dict[str, list[float]] = {}
+  for _ in range(rounds):
+    for side in ("ours", "hf"):
+      result = train_step.run_child("timing_child", side, spec, module="decode")
+      if result is None:
+        raise RuntimeError(f"the {side} decode timing process failed (its stderr is above)")
+      for label, t in result.items():
+        times.setdefault(label, []).extend(t)
+  return {label: statistics.median(t) for label, t in times.items()}
 
 
 def ours_generate(config, params, batch, new_tokens):
@@ -145,21 +172,20 @@ def measure(batch_sizes, new: int, warmup: int, repeats: int, threads,
             hf_config: dict | None = None) -> tuple[list[dict], object]:
   """Ours vs HF generate at each batch size: full-call and steady per-token rates, same tokens.
   Returns (rows, our model config)."""
+  hf_config = hf_config or HF_CONFIG
   hf, config, params = build_models(hf_config)
+  spec = {"hf_config": hf_config, "batch_sizes": list(batch_sizes), "new": new,
+          "threads": list(threads), "warmup": warmup, "repeats": max(1, -(-repeats // 2))}
+  seconds = isolated_times(spec)
   rows = []
   for batch_size in batch_sizes:
     batch = prompt_batch(config, batch_size)
-    fns = {}
-    for n in (new, 1):
-      fns[("ours", n)] = ours_generate(config, params, batch, n)
-      for t in threads:
-        fns[(f"hf_{t}_threads", n)] = hf_generate(hf, batch, n, t)
-    same = np.array_equal(fns[("ours", new)](), fns[(f"hf_{threads[-1]}_threads", new)]())
+    same = np.array_equal(ours_generate(config, params, batch, new)(),
+                          hf_generate(hf, batch, new, threads[-1])())
     result = {"batch": batch_size, "prompt_len": int(batch["input_ids"].shape[1]),
               "new_tokens": new, "same_tokens_as_hf": bool(same)}
-    seconds = interleaved_medians(fns, warmup, repeats)
     for name in ["ours"] + [f"hf_{t}_threads" for t in threads]:
-      full, first = seconds[(name, new)], seconds[(name, 1)]
+      full, first = seconds[f"{name} {batch_size} {new}"], seconds[f"{name} {batch_size} 1"]
       result[name] = {"seconds": full, "new_tok_per_s": batch_size * new / full,
                       "prefill_seconds": first,
                       "decode_tok_per_s": batch_size * (new - 1) / max(full - first, 1e-9)}

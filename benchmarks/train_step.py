@@ -192,10 +192,12 @@ def timing_child(side: str, spec: dict) -> dict:
   return {"times": times, "info": {k: v for k, v in info.items() if not callable(v)}}
 
 
-def run_child(function: str, side: str, spec: dict, env: dict | None = None) -> dict | None:
-  """`function(side, spec)` of this module in a subprocess; its JSON result, None if it fails."""
-  code = ("import json,sys; from benchmarks import train_step as t; "
-          f"print('RESULT', json.dumps(t.{function}({side!r}, json.loads(sys.argv[1]))))")
+def run_child(function: str, side: str, spec: dict, env: dict | None = None,
+              module: str = "train_step") -> dict | None:
+  """`benchmarks.<module>.<function>(side, spec)` in a subprocess; its JSON result, or None if
+  it fails (its stderr printed)."""
+  code = (f"import json,sys; from benchmarks import {module} as m; "
+          f"print('RESULT', json.dumps(m.{function}({side!r}, json.loads(sys.argv[1]))))")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   try:
     out = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], cwd=root,
