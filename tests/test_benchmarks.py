@@ -59,7 +59,6 @@ def test_accelerator_script_dry_run():
   assert "dry run" in out.stdout
 
 
-@pytest.mark.slow
 def test_quick_run_writes_json_markdown_and_png(tmp_path):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")
