@@ -111,15 +111,15 @@ def markdown(report: dict) -> str:
   train = report.get("train")
   if train:
     lines += ["| shape | dtype | params | batch x length | ours tok/s | HF tok/s | ours / HF | "
-              "ours peak MiB | HF peak MiB | XLA peak MiB | TFLOP/s | MFU | HF threads |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "ours peak MiB (XLA) | HF peak MiB (RSS) | TFLOP/s | MFU | HF threads |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in train["fp32"] + train["bf16"]:
       mfu = "—" if r.get("ours_mfu") is None else f"{100 * r['ours_mfu']:.1f}%"
       lines.append(
           f"| {r['name']} | {r['dtype']} | {r['params']:,} | {r['batch']} x {r['length']} | "
           f"{r['ours_tokens_per_sec']:,.0f} | {r.get('hf_tokens_per_sec', 0):,.0f} | "
-          f"{_ratio(r.get('speedup'))} | {_mib(r.get('ours_peak_step_bytes'))} | "
-          f"{_mib(r.get('hf_peak_step_bytes'))} | {_mib(r.get('ours_xla_peak_bytes'))} | "
+          f"{_ratio(r.get('speedup'))} | {_mib(r.get('ours_xla_peak_bytes'))} | "
+          f"{_mib(r.get('hf_peak_step_bytes'))} | "
           f"{r['ours_tflops_per_sec']:.3f} | {mfu} | {r.get('hf_torch_threads', '—')} |")
     lines.append("")
   dec = report.get("decode")

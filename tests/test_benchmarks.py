@@ -1,5 +1,5 @@
 """`python -m benchmarks.run`: the report's tables and plot from a result, the accelerator plan
-(dry run, no accelerator needed), and the whole `--quick` run end to end (slow)."""
+(dry run, no accelerator needed), and the whole `--quick` run end to end (what CI runs)."""
 import json
 import os
 import subprocess
