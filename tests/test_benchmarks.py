@@ -20,7 +20,7 @@ def _fake_report():
   train = {"name": "mid (benchmark config)", "dtype": "float32", "params": 10, "batch": 8,
            "length": 256, "ours_tokens_per_sec": 3000.0, "hf_tokens_per_sec": 2000.0,
            "speedup": 1.5, "ours_peak_step_bytes": 2**30, "hf_peak_step_bytes": 2**31,
-           "ours_xla_peak_bytes": 2**29, "ours_tflops_per_sec": 0.1, "ours_mfu": None,
+           "ours_xla_peak_bytes": 2**30, "ours_tflops_per_sec": 0.1, "ours_mfu": None,
            "hf_torch_threads": 1}
   side = {"new_tok_per_s": 100.0, "decode_tok_per_s": 200.0}
   return {"date": "2026-01-01 00:00 UTC", "machine": "test", "command": "python -m benchmarks.run",
