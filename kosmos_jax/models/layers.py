@@ -43,7 +43,7 @@ def project(x: Array, kernel: Array, in_dims: int) -> Array:
   """Contracts x's last `in_dims` dims with kernel's first: [..., in...] -> [..., out...].
 
   Same values as autodiff; the custom backward computes the kernel gradient on 2-D views,
-  [tokens, in]^T @ [tokens, out], transposing whichever of the two is narrower. Autodiff's form
+  [tokens, in]^T @ [tokens, out]. Autodiff's form
   contracts the [batch, length] dims of 3-D arrays, for which XLA:CPU writes a transposed copy
   with the elementwise producers (activation, LayerNorm, the residual stream's gradient chain
   through every layer above) fused in and recomputed, once per layer: a fifth of the benchmark
@@ -68,14 +68,12 @@ def _project_bwd(in_dims, residuals, g):
   grad_x = jax.lax.dot_general(
       g, kernel, ((tuple(range(g.ndim - out_dims, g.ndim)), tuple(range(in_dims, kernel.ndim))),
                   ((), ())))
-  # [tokens, in]^T @ [tokens, out] on 2-D views (see docstring); the barrier keeps XLA from
-  # folding the small result's transpose into the GEMM (a slower transposed-output GEMM).
+  # [tokens, in]^T @ [tokens, out] on 2-D views (see docstring). Transposing g instead where it
+  # is narrower (with a barrier before the result's transpose) was ~3% faster on one core but
+  # changed the reduction order across process layouts (bitwise resume on 2 x 4 vs 1 x 8 devices).
   x_2d = x.reshape(-1, math.prod(x.shape[batch_dims:]))
   g_2d = g.reshape(-1, math.prod(g.shape[batch_dims:]))
-  if x_2d.shape[1] > g_2d.shape[1]:
-    grad_kernel = jax.lax.optimization_barrier(g_2d.T @ x_2d).T.reshape(kernel.shape)
-  else:
-    grad_kernel = (x_2d.T @ g_2d).reshape(kernel.shape)
+  grad_kernel = (x_2d.T @ g_2d).reshape(kernel.shape)
   return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 
