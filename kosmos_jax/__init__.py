@@ -4,6 +4,7 @@ import sys as _sys
 
 from kosmos_jax import host_malloc as _host_malloc
 from kosmos_jax import native_stderr as _native_stderr
+from kosmos_jax.training import xla_cpu as _xla_cpu
 
 
 def _import_tensorflow_quietly() -> None:
@@ -18,4 +19,6 @@ def _import_tensorflow_quietly() -> None:
 
 # Before TensorFlow and JAX start their threads (each picks its malloc arena on first use).
 _host_malloc.tune()
+# Before JAX creates its CPU backend, which reads XLA_FLAGS once.
+_xla_cpu.configure_process()
 _import_tensorflow_quietly()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Any, Callable, Optional
 
@@ -80,6 +81,41 @@ def _project_bwd(in_dims, residuals, g):
 project.defvjp(_project_fwd, _project_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project_fanout(x: Array, kernels: tuple[Array, ...], in_dims: int) -> tuple[Array, ...]:
+  """`project(x, k, in_dims)` for each kernel k of one shared input (q/k/v of one activation).
+
+  Same values as separate projections; the backward computes x's gradient as ONE GEMM over the
+  concatenated output gradients and kernels instead of a sum of one GEMM per projection. That
+  is less work for XLA:CPU and keeps sums of GEMM outputs (which its oneDNN fusion cannot
+  compile, docs/performance.md) out of the program.
+  """
+  return tuple(_project(x, kernel, in_dims) for kernel in kernels)
+
+
+def _project_fanout_fwd(x, kernels, in_dims):
+  return project_fanout(x, kernels, in_dims), (x, kernels)
+
+
+def _project_fanout_bwd(in_dims, residuals, grads):
+  x, kernels = residuals
+  batch_dims = x.ndim - in_dims
+  in_size = math.prod(x.shape[batch_dims:])
+  tokens = math.prod(x.shape[:batch_dims])
+  widths = [math.prod(k.shape[in_dims:]) for k in kernels]
+  g_2d = jnp.concatenate([g.reshape(tokens, w) for g, w in zip(grads, widths)], axis=1)
+  kernels_2d = jnp.concatenate([k.reshape(in_size, w) for k, w in zip(kernels, widths)], axis=1)
+  grad_x = g_2d @ kernels_2d.T                                  # [tokens, in]
+  # One [in, sum(out_i)] weight-gradient GEMM, split: wider GEMMs run nearer peak on CPU.
+  grad_stacked = x.reshape(tokens, in_size).T @ g_2d
+  splits = jnp.split(grad_stacked, list(itertools.accumulate(widths))[:-1], axis=1)
+  grad_kernels = tuple(part.reshape(k.shape).astype(k.dtype) for part, k in zip(splits, kernels))
+  return grad_x.reshape(x.shape).astype(x.dtype), grad_kernels
+
+
+project_fanout.defvjp(_project_fanout_fwd, _project_fanout_bwd)
+
+
 class Dense(nn.Module):
   """Contracts the last `in_dims` input dims with a kernel of shape in_shape + features."""
   features: tuple[int, ...]
@@ -93,8 +129,8 @@ class Dense(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
-    in_shape = x.shape[-self.in_dims:]
+  def weights(self, in_shape: tuple[int, ...]) -> tuple[Array, Optional[Array]]:
+    """(kernel, bias or None) in the compute dtype, for inputs whose last dims are `in_shape`."""
     fan_in = math.prod(in_shape)
     kernel_shape = tuple(in_shape) + tuple(self.features)
     if len(self.axes) != len(kernel_shape):
@@ -102,16 +138,20 @@ class Dense(nn.Module):
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(linear_init(self.init_kind, fan_in, self.gain), self.axes),
         kernel_shape, self.param_dtype)
-    y = project(x.astype(self.dtype), kernel.astype(self.dtype), self.in_dims)
-    if self.use_bias:
-      bias_kind = self.bias_init or self.init_kind
-      bias_kind = "zeros" if bias_kind == "normal" else bias_kind
-      bias = self.param(
-          "bias", nn.with_logical_partitioning(linear_init(bias_kind, fan_in, self.gain),
-                                               self.axes[self.in_dims:]),
-          tuple(self.features), self.param_dtype)
-      y = y + bias.astype(self.dtype)
-    return y
+    if not self.use_bias:
+      return kernel.astype(self.dtype), None
+    bias_kind = self.bias_init or self.init_kind
+    bias_kind = "zeros" if bias_kind == "normal" else bias_kind
+    bias = self.param(
+        "bias", nn.with_logical_partitioning(linear_init(bias_kind, fan_in, self.gain),
+                                             self.axes[self.in_dims:]),
+        tuple(self.features), self.param_dtype)
+    return kernel.astype(self.dtype), bias.astype(self.dtype)
+
+  def __call__(self, x: Array) -> Array:
+    kernel, bias = self.weights(x.shape[-self.in_dims:])
+    y = project(x.astype(self.dtype), kernel, self.in_dims)
+    return y if bias is None else y + bias
 
 
 class LayerNorm(nn.Module):
@@ -232,11 +272,24 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
-  def _proj(self, name: str, x: Array, gain: float = 1.0) -> Array:
+  def _projections(self, inputs_q: Array, inputs_kv: Array) -> tuple[Array, Array, Array]:
+    """q, k, v [batch, len, heads, kv]; projections of one input share one backward GEMM."""
     a = self.axes
-    return Dense(features=(self.num_heads, self.head_dim), axes=(a.embed, a.heads, a.kv),
-                 init_kind=self.init_kind, gain=gain, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name=name)(x)
+    dense = lambda name, gain=1.0: Dense(
+        features=(self.num_heads, self.head_dim), axes=(a.embed, a.heads, a.kv),
+        init_kind=self.init_kind, gain=gain, dtype=self.dtype, param_dtype=self.param_dtype,
+        name=name)
+    names = (("q_proj", 1.0), ("k_proj", 1.0), ("v_proj", self.vo_gain))
+    weights = [dense(name, gain).weights(inputs_kv.shape[-1:]) for name, gain in names]
+    groups = [(inputs_q, (0, 1, 2))] if inputs_q is inputs_kv else [(inputs_q, (0,)),
+                                                                   (inputs_kv, (1, 2))]
+    outputs = [None, None, None]
+    for x, members in groups:
+      projected = project_fanout(x.astype(self.dtype), tuple(weights[i][0] for i in members), 1)
+      for i, y in zip(members, projected):
+        bias = weights[i][1]
+        outputs[i] = y if bias is None else y + bias
+    return tuple(outputs)
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, *, mask: Optional[Array] = None,
@@ -249,9 +302,7 @@ class Attention(nn.Module):
     positions: [batch, q_len] token positions for xPos (self-attention only).
     """
     a = self.axes
-    q = self._proj("q_proj", inputs_q)                     # [batch, q_len, heads, kv]
-    k = self._proj("k_proj", inputs_kv)                    # [batch, kv_len, heads, kv]
-    v = self._proj("v_proj", inputs_kv, gain=self.vo_gain)
+    q, k, v = self._projections(inputs_q, inputs_kv)      # [batch, q_len|kv_len, heads, kv]
     q = nn.with_logical_constraint(q, ("batch", "length", a.heads, a.kv))
     k = nn.with_logical_constraint(k, ("batch", "length", a.heads, a.kv))
     v = nn.with_logical_constraint(v, ("batch", "length", a.heads, a.kv))
@@ -274,10 +325,17 @@ class Attention(nn.Module):
       scores = scores.astype(jnp.float32)
     if mask is not None:
       scores = jnp.where(mask, scores, NEG_INF)
-    weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    # Softmax normalised after the PV product (exactly softmax(scores) @ v; dropout's mask and
+    # 1/(1-p) commute with the division): the division is a [.., q, d] epilogue of the GEMM
+    # instead of a [.., q, k] pass before it, which XLA:CPU's oneDNN fusion cannot compile
+    # (docs/performance.md).
+    unnormalized = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, -1, keepdims=True)))
+    normalizer = jnp.sum(unnormalized, axis=-1, keepdims=True)     # [batch, heads, q_len, 1]
+    weights = unnormalized.astype(self.dtype)
     if self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
     out = jnp.einsum("bhqk,bhkd->bhqd", weights, v.astype(self.dtype))
+    out = (out / normalizer).astype(self.dtype)
     out = jnp.swapaxes(out, 1, 2)                                  # [batch, q_len, heads, kv]
     out = nn.with_logical_constraint(out, ("batch", "length", a.heads, a.kv))
     if self.inner_ln:
@@ -427,8 +485,13 @@ def apply_layer_stack(layer_cls: type[nn.Module], layer_kwargs: dict, num_layers
   Returns (x, stacked per-layer outputs or None).
   """
   cls = layer_cls
+  layers_per_iteration = resolve_unroll(unroll, num_layers) if scan else 1
   if remat != "none":
-    cls = nn.remat(cls, policy=remat_policy(remat), prevent_cse=not scan)
+    # A rolled scan's loop boundary already keeps XLA from merging the recomputation with the
+    # forward pass; unrolled layers (CPU's default) need remat's own CSE barrier, or remat is
+    # silently a no-op.
+    cls = nn.remat(cls, policy=remat_policy(remat),
+                   prevent_cse=not scan or layers_per_iteration > 1)
   if scan:
     stack = nn.scan(
         cls,
@@ -436,7 +499,7 @@ def apply_layer_stack(layer_cls: type[nn.Module], layer_kwargs: dict, num_layers
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,) * len(args),
         length=num_layers,
-        unroll=resolve_unroll(unroll, num_layers),
+        unroll=layers_per_iteration,
         metadata_params={nn.PARTITION_NAME: "layers"})
     return stack(**layer_kwargs, name="layers")(x, *args)
   outputs = []

@@ -57,7 +57,11 @@ def token_statistics(logits: jax.Array, targets: jax.Array,
   weights = weights.astype(jnp.float32)
   logits = logits.astype(jnp.float32)                                    # [batch, length, vocab]
   nll = softmax_cross_entropy(logits, targets)                           # [batch, length]
-  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+  # "Correct" = the target's logit is the row's maximum: argmax's answer except on exact ties,
+  # as one max-reduce (shared with the logsumexp's). XLA:CPU runs argmax's (value, index)
+  # reduce single-threaded: 27 ms of a 0.66 s benchmark step over [2048, 8000] logits.
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1, mode="clip")[..., 0]
+  correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
   return {"loss_sum": jnp.sum(nll * weights), "weight_sum": jnp.sum(weights),
           "correct_sum": jnp.sum(correct * weights)}
 

@@ -22,6 +22,7 @@ from kosmos_jax.training import partitioning
 from kosmos_jax.training import train_state as train_state_lib
 from kosmos_jax.models import kosmos
 from kosmos_jax.models.config import KosmosConfig
+from kosmos_jax.training import xla_cpu
 
 NONFINITE_POLICIES = ("stop", "skip")
 
@@ -71,9 +72,12 @@ class Trainer:
     self.trainable = optimizers.trainable_filter(self.factory.abstract.params, optimizer_config,
                                                  self.vision_trainable)
     replicated = partitioning.replicated(mesh)
+    options = xla_cpu.compiler_options(mesh.devices.flat)   # oneDNN GEMMs on CPU meshes
     self._train_step = jax.jit(self._train_step_fn, donate_argnums=(0,),
-                               out_shardings=(self.factory.shardings, replicated))
-    self._eval_step = jax.jit(self._eval_step_fn, out_shardings=replicated)
+                               out_shardings=(self.factory.shardings, replicated),
+                               compiler_options=options)
+    self._eval_step = jax.jit(self._eval_step_fn, out_shardings=replicated,
+                              compiler_options=options)
 
   # ----------------------------------------------------------------------------- steps
   def _loss(self, params, batch, rng):

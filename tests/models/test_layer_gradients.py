@@ -43,3 +43,27 @@ def test_exact_gelu_matches_float64_erf_formula():
            for v in x]
   np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(jnp.asarray(x, jnp.float32)), dgelu,
                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("widths", [(12, 12, 12), (8, 4)])
+def test_project_fanout_matches_separate_projections_and_their_gradients(widths):
+  """One shared input, several kernels (q/k/v): same outputs and gradients as one `project`
+  per kernel, with x's gradient from one GEMM over the concatenated kernels."""
+  rng = np.random.RandomState(1)
+  x = jnp.asarray(rng.randn(2, 5, 6), jnp.float32)
+  kernels = tuple(jnp.asarray(rng.randn(6, 2, w // 2), jnp.float32) for w in widths)
+  upstream = [jnp.asarray(rng.randn(2, 5, 2, w // 2), jnp.float32) for w in widths]
+
+  def loss(fn, x, kernels):
+    return sum(jnp.sum(y * u) for y, u in zip(fn(x, kernels), upstream))
+
+  fanout = lambda x, ks: layers.project_fanout(x, ks, 1)
+  separate = lambda x, ks: tuple(jnp.einsum("bli,ihd->blhd", x, k) for k in ks)
+  for got, want in zip(fanout(x, kernels), separate(x, kernels)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  ours = jax.grad(lambda x, ks: loss(fanout, x, ks), (0, 1))(x, kernels)
+  ref = jax.grad(lambda x, ks: loss(separate, x, ks), (0, 1))(x, kernels)
+  np.testing.assert_allclose(ours[0], ref[0], rtol=1e-5, atol=1e-5)
+  for got, want in zip(ours[1], ref[1]):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -1,7 +1,8 @@
 """A real multi-process run: 2 processes x 4 virtual CPU devices on localhost train the tiny
 model and match 1 process x 8 devices; the 2-process checkpoint then resumes on 1 x 8 (per-step
-losses identical to the straight run) and on 1 x 4 (same global batch, other device count:
-equal up to reduction order). The data position lives in virtual data shards, so it does not
+losses equal to the straight run's to float rounding: oneDNN's CPU kernels differ in the last bit
+across process layouts) and on 1 x 4 (same global batch, other device count: equal up to
+reduction order). The data position lives in virtual data shards, so it does not
 depend on the host layout (kosmos_jax/data/sharded_iterator.py)."""
 import json
 import os
@@ -108,7 +109,10 @@ def test_two_processes_match_one_and_resume_on_other_host_and_device_counts(tmp_
   on_8 = resume_from(multi, half, str(tmp_path / "resumed_on_1x8"), 8)
   on_4 = resume_from(multi, half, str(tmp_path / "resumed_on_1x4"), 4)
   for step in range(half + 1, STEPS + 1):
-    assert on_8[step] == two[step], step             # same global batch, same mesh shape
+    # Same global batch, same mesh shape: equal up to float rounding, because oneDNN's CPU
+    # kernels are not bit-identical across process layouts (bit for bit with
+    # KOSMOS_JAX_CPU_ONEDNN=0, kosmos_jax/training/xla_cpu.py).
+    np.testing.assert_allclose(on_8[step], two[step], rtol=1e-6, err_msg=str(step))
     np.testing.assert_allclose(on_4[step], two[step], rtol=0, atol=1e-4, err_msg=str(step))
 
   # Evaluation runs multi-process too: each process on its own devices, process 0 writes.

@@ -1,0 +1,109 @@
+"""The oneDNN compile options of the train/eval steps (kosmos_jax.training.xla_cpu): on for CPU meshes
+only, off with KOSMOS_JAX_CPU_ONEDNN=0, and every model variant we ship compiles with them.
+
+XLA's oneDNN fusion aborts the whole process on the patterns it cannot compile, so the compile
+matrix runs in a child process: an abort is then a failed test naming the variant, not a dead
+test worker."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from kosmos_jax.training import xla_cpu
+from kosmos_jax.training import optimizers
+from kosmos_jax.training import partitioning
+from kosmos_jax.training import trainer as trainer_lib
+from tests.helpers import tiny
+
+
+def test_options_only_for_cpu_devices_and_opt_out(monkeypatch):
+  monkeypatch.delenv(xla_cpu.OPT_OUT_ENV, raising=False)
+  assert xla_cpu.compiler_options(jax.devices("cpu")) == xla_cpu.ONEDNN_OPTIONS
+
+  class Accelerator:
+    platform = "tpu"
+  assert xla_cpu.compiler_options([Accelerator()]) is None
+  assert xla_cpu.compiler_options(jax.devices("cpu") + [Accelerator()]) is None
+  for off in ("0", "false", "OFF"):
+    monkeypatch.setenv(xla_cpu.OPT_OUT_ENV, off)
+    assert xla_cpu.compiler_options(jax.devices("cpu")) is None
+
+
+def test_train_step_same_loss_with_and_without_onednn(monkeypatch):
+  """Same program, XLA's default GEMMs vs oneDNN's: the same loss and gradient norm up to float
+  rounding (the fusion changes kernels, not math)."""
+  config = tiny.tiny_config()
+  batch = tiny.converter_batch(config, batch=2, length=48)
+  results = []
+  for setting in ("0", "1"):
+    monkeypatch.setenv(xla_cpu.OPT_OUT_ENV, setting)
+    mesh = partitioning.make_mesh(partitioning.MeshConfig(data=1), jax.devices()[:1])
+    trainer = trainer_lib.Trainer(config, optimizers.OptimizerConfig(learning_rate=1e-3),
+                                  trainer_lib.TrainerConfig(total_steps=10), mesh, "dp")
+    _, metrics = trainer.train_step(trainer.init_state(),
+                                    partitioning.global_batch(batch, mesh), jax.random.key(0))
+    results.append({k: float(v) for k, v in metrics.items()})
+  assert set(results[0]) == set(results[1])
+  for name in ("loss_sum", "correct_sum", "grad_norm"):
+    np.testing.assert_allclose(results[1][name], results[0][name], rtol=1e-4)
+
+
+CHILD = r"""
+import sys, jax
+import flax.linen as nn
+from kosmos_jax.training import optimizers, partitioning, trainer as trainer_lib
+from tests.helpers import tiny
+VARIANTS = {
+    "tiny (demo model)": {},
+    "xPos + Sub-LN, frozen vision but last layer": {"text.xpos": True, "text.subln": True,
+                                                    "vision_trainable": "last_layer"},
+    "perceiver connector, remat dots, rolled scan": {
+        "connector.kind": "perceiver", "connector.num_layers": 2, "remat_policy": "dots",
+        "scan_unroll": 1},
+    "frozen vision, dropout, remat full, no scan": {
+        "vision_trainable": "none", "text.dropout": 0.1, "text.attention_dropout": 0.1,
+        "connector.attention_dropout": 0.1, "remat_policy": "full", "scan_layers": False},
+    "bfloat16": {"dtype": "bfloat16"},
+}
+mesh = partitioning.make_mesh(partitioning.MeshConfig(data=1), jax.devices()[:1])
+for name, overrides in VARIANTS.items():
+  config = tiny.tiny_config(**{k.replace(".", "__"): v for k, v in overrides.items()})
+  trainer = trainer_lib.Trainer(config, optimizers.OptimizerConfig(learning_rate=1e-3),
+                                trainer_lib.TrainerConfig(total_steps=10), mesh, "dp")
+  state = trainer.factory.abstract
+  batch = partitioning.global_batch(tiny.converter_batch(config, batch=2, length=48), mesh)
+  print("compiling", name, flush=True)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(trainer.rules):
+    trainer._train_step.lower(state, batch, jax.random.key(0)).compile()
+    trainer._eval_step.lower(state.params, batch).compile()
+  print("ok", name, flush=True)
+"""
+
+
+def test_every_variant_compiles_with_onednn():
+  env = {**os.environ, xla_cpu.OPT_OUT_ENV: "1"}
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=600)
+  compiled = [line[3:] for line in result.stdout.splitlines() if line.startswith("ok ")]
+  started = [line[10:] for line in result.stdout.splitlines() if line.startswith("compiling ")]
+  assert result.returncode == 0, (
+      f"oneDNN compile failed for {started[-1] if started else '?'!r} (compiled: {compiled}); "
+      f"stderr tail: {result.stderr[-1500:]}")
+  assert len(compiled) == 5
+
+
+def test_configure_process_appends_the_scheduler_flag_once_and_keeps_the_users():
+  environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  xla_cpu.configure_process(environ)
+  xla_cpu.configure_process(environ)
+  assert environ["XLA_FLAGS"] == ("--xla_force_host_platform_device_count=8 "
+                                  "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+  chosen = {"XLA_FLAGS": "--xla_cpu_enable_concurrency_optimized_scheduler=true"}
+  xla_cpu.configure_process(chosen)
+  assert chosen["XLA_FLAGS"] == "--xla_cpu_enable_concurrency_optimized_scheduler=true"
+  empty = {}
+  xla_cpu.configure_process(empty)
+  assert empty["XLA_FLAGS"] == "--xla_cpu_enable_concurrency_optimized_scheduler=false"
