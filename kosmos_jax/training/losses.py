@@ -55,8 +55,10 @@ def token_statistics(logits: jax.Array, targets: jax.Array,
                      weights: jax.Array) -> dict[str, jax.Array]:
   """Weighted sums: loss_sum, weight_sum, correct_sum (scalars, float32)."""
   weights = weights.astype(jnp.float32)
-  logits = logits.astype(jnp.float32)                                    # [batch, length, vocab]
-  nll = softmax_cross_entropy(logits, targets)                           # [batch, length]
+  # [tokens, vocab], the layout of the tied-logits GEMM's output and of its gradient
+  logits = logits.astype(jnp.float32).reshape(-1, logits.shape[-1])
+  targets, weights = targets.reshape(-1), weights.reshape(-1)
+  nll = softmax_cross_entropy(logits, targets)                           # [tokens]
   # "Correct" = the target's logit is the row's maximum: argmax's answer except on exact ties,
   # as one max-reduce (shared with the logsumexp's). XLA:CPU runs argmax's (value, index)
   # reduce single-threaded: 27 ms of a 0.66 s benchmark step over [2048, 8000] logits.
