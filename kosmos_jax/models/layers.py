@@ -287,8 +287,9 @@ class Attention(nn.Module):
         features=(self.num_heads, self.head_dim), axes=(a.embed, a.heads, a.kv),
         init_kind=self.init_kind, gain=gain, dtype=self.dtype, param_dtype=self.param_dtype,
         name=name)
-    names = (("q_proj", 1.0), ("k_proj", 1.0), ("v_proj", self.vo_gain))
-    weights = [dense(name, gain).weights(inputs_kv.shape[-1:]) for name, gain in names]
+    names = (("q_proj", 1.0, inputs_q), ("k_proj", 1.0, inputs_kv),
+             ("v_proj", self.vo_gain, inputs_kv))
+    weights = [dense(name, gain).weights(x.shape[-1:]) for name, gain, x in names]
     groups = [(inputs_q, (0, 1, 2))] if inputs_q is inputs_kv else [(inputs_q, (0,)),
                                                                    (inputs_kv, (1, 2))]
     outputs = [None, None, None]
