@@ -52,6 +52,7 @@ from kosmos_jax.models import param_layout
 from kosmos_jax.models.decoder import padded_positions
 from kosmos_jax.models.kosmos import Kosmos
 from kosmos_jax.models.kosmos import init_cache
+from kosmos_jax.training import xla_cpu
 
 Array = jax.Array
 POSITION_MODES = ("skip_padding", "slot")
@@ -258,10 +259,23 @@ def sample_logits(logits: Array, rng: Array, *, temperature: Any = 1.0, top_k: A
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
+def first_argmax(logits: Array) -> Array:
+  """[rows, vocab] -> [rows] int32: the lowest id among each row's maxima (as torch.argmax).
+
+  Two plain reductions (max, then the lowest id attaining it) instead of argmax's paired
+  (value, index) reduction, which XLA:CPU runs on one thread at several times the cost (it was
+  ~7% of a batch-8 decoding step). A row of NaNs gives id 0."""
+  vocab = logits.shape[-1]
+  best = jnp.max(logits, axis=-1, keepdims=True)
+  ids = jnp.where(logits == best, jnp.arange(vocab, dtype=jnp.int32), vocab)
+  first = jnp.min(ids, axis=-1)
+  return jnp.where(first < vocab, first, 0)
+
+
 def greedy_select(logits: Array, state: Optional[DecodeState]) -> Array:
   """argmax over the vocabulary (ties go to the lowest id, as torch.argmax)."""
   del state
-  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return first_argmax(logits)
 
 
 def _make_select(config: DecodeConfig, trie: Optional[PrefixTrie], real: Array, prompt_len: int,
@@ -323,7 +337,11 @@ def decode_loop(model: nn.Module, params: Any, state: DecodeState, *, prompt_len
   return jax.lax.while_loop(cond, body, state)
 
 
-def model_inputs(images, image_token_mask) -> dict:
+def model_inputs(images, image_token_mask, image_embeds=None) -> dict:
+  """The image keyword arguments of a model call: raw images, or their embeddings when the
+  image program already encoded them."""
+  if image_embeds is not None:
+    return dict(image_embeds=image_embeds, image_token_mask=image_token_mask)
   return {} if images is None else dict(images=images, image_token_mask=image_token_mask)
 
 
@@ -333,28 +351,65 @@ def _real_slots(segment_ids: Array, max_new_tokens: int) -> Array:
   return jnp.concatenate([segment_ids != 0, new], axis=1)
 
 
-def _greedy_or_sample(model, params, tokens, segment_ids, positions, images, image_token_mask,
-                      eos_id, pad_id, slot_positions, rng, trie, config) -> DecodeOutput:
+@flax.struct.dataclass
+class Prompt:
+  """The traced inputs of one decoding call, shared by its prefill and loop programs.
+
+  tokens / segment_ids / positions / image_token_mask: [batch, prompt_len]; images: [batch,
+  num_images, H, W, 3] or None; eos_id / pad_id: int32 scalars (eos -1: never stop early);
+  slot_positions: bool scalar ("slot" positions); rng: key for "sample", else None; trie: the
+  constraint or None; knobs: the traced `DecodeConfig` floats (sampling, length penalty);
+  image_embeds: [batch, num_images, latents, embed] once the image program has run (then
+  `images` is None)."""
+  tokens: Array
+  segment_ids: Array
+  positions: Array
+  images: Optional[Array]
+  image_token_mask: Optional[Array]
+  eos_id: Array
+  pad_id: Array
+  slot_positions: Array
+  rng: Optional[Array]
+  trie: Optional[PrefixTrie]
+  knobs: Any
+  image_embeds: Optional[Array] = None
+
+
+def _greedy_start(model, params, prompt: Prompt, config: DecodeConfig) -> DecodeState:
+  """Prefill and the first token: the state `_greedy_finish` continues from."""
+  tokens, segment_ids = prompt.tokens, prompt.segment_ids
   batch, prompt_len = tokens.shape
   cache = init_cache(model, batch, prompt_len + config.max_new_tokens)
-  logits, cache = prefill(model, params, cache, tokens, segment_ids, positions,
-                          **model_inputs(images, image_token_mask))
-  sequences = jnp.full((batch, prompt_len + config.max_new_tokens), pad_id.astype(tokens.dtype))
+  logits, cache = prefill(model, params, cache, tokens, segment_ids, prompt.positions,
+                          **model_inputs(prompt.images, prompt.image_token_mask,
+                                       prompt.image_embeds))
+  sequences = jnp.full((batch, prompt_len + config.max_new_tokens),
+                       prompt.pad_id.astype(tokens.dtype))
   zeros = jnp.zeros((batch,), jnp.int32)
   state = DecodeState(
       step=jnp.array(0, jnp.int32), cache=cache, sequences=sequences.at[:, :prompt_len].set(tokens),
       next_token=zeros, done=jnp.zeros((batch,), bool),
       num_real=jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32),
-      node=None if trie is None else zeros, logprob=jnp.zeros((batch,), jnp.float32))
-  select = _make_select(config, trie, _real_slots(segment_ids, config.max_new_tokens),
-                        prompt_len, rng)
-  kw = dict(eos_id=eos_id, pad_id=pad_id, trie=trie)
-  state = _advance(state, logits, select, prompt_len=prompt_len, **kw)
-  state = decode_loop(model, params, state, prompt_len=prompt_len,
-                      max_new_tokens=config.max_new_tokens, select=select,
-                      slot_positions=slot_positions, **kw)
+      node=None if prompt.trie is None else zeros, logprob=jnp.zeros((batch,), jnp.float32))
+  return _advance(state, logits, _greedy_select_fn(prompt, config), prompt_len=prompt_len,
+                  eos_id=prompt.eos_id, pad_id=prompt.pad_id, trie=prompt.trie)
+
+
+def _greedy_finish(model, params, prompt: Prompt, state: DecodeState,
+                   config: DecodeConfig) -> DecodeOutput:
+  state = decode_loop(model, params, state, prompt_len=prompt.tokens.shape[1],
+                      max_new_tokens=config.max_new_tokens,
+                      select=_greedy_select_fn(prompt, config),
+                      slot_positions=prompt.slot_positions, eos_id=prompt.eos_id,
+                      pad_id=prompt.pad_id, trie=prompt.trie)
   return DecodeOutput(sequences=state.sequences, num_generated=state.step, done=state.done,
-                      scores=state.logprob)
+                      scores=state.logprob), state
+
+
+def _greedy_select_fn(prompt: Prompt, config: DecodeConfig):
+  return _make_select(config, prompt.trie,
+                      _real_slots(prompt.segment_ids, config.max_new_tokens),
+                      prompt.tokens.shape[1], prompt.rng)
 
 
 # ----------------------------------------------------------------------------- beam search
@@ -435,31 +490,37 @@ def _beam_advance(s: BeamState, logits: Array, *, config: DecodeConfig, prompt_l
                    finished_scores=fin_scores, done=done)
 
 
-def _beam_search(model, params, tokens, segment_ids, positions, images, image_token_mask,
-                 eos_id, pad_id, slot_positions, trie, config) -> DecodeOutput:
+def _beam_start(model, params, prompt: Prompt, config: DecodeConfig) -> BeamState:
+  """Prefill once per row, the cache replicated per beam, and the first beam step."""
+  tokens, segment_ids = prompt.tokens, prompt.segment_ids
   batch, prompt_len = tokens.shape
   beam, total = config.beam_size, prompt_len + config.max_new_tokens
   cache = init_cache(model, batch, total)
-  logits, cache = prefill(model, params, cache, tokens, segment_ids, positions,
-                          **model_inputs(images, image_token_mask))
-  axes = cache_batch_axes(model, total)
+  logits, cache = prefill(model, params, cache, tokens, segment_ids, prompt.positions,
+                          **model_inputs(prompt.images, prompt.image_token_mask,
+                                       prompt.image_embeds))
   rows = jnp.repeat(jnp.arange(batch), beam)                                  # [batch*beam]
-  seqs = jnp.full((batch, beam, total), pad_id.astype(tokens.dtype))
+  seqs = jnp.full((batch, beam, total), prompt.pad_id.astype(tokens.dtype))
   seqs = seqs.at[:, :, :prompt_len].set(tokens[:, None, :])
   first = jnp.where(jnp.arange(beam) == 0, 0.0, NEG_INF)          # one live beam to start
   state = BeamState(
-      step=jnp.array(0, jnp.int32), cache=gather_cache(cache, axes, rows), alive_seqs=seqs,
-      alive_logp=jnp.broadcast_to(first, (batch, beam)),
+      step=jnp.array(0, jnp.int32), cache=gather_cache(cache, cache_batch_axes(model, total),
+                                                       rows),
+      alive_seqs=seqs, alive_logp=jnp.broadcast_to(first, (batch, beam)),
       alive_node=jnp.zeros((batch, beam), jnp.int32), finished_seqs=seqs,
       finished_scores=jnp.full((batch, beam), NEG_INF), done=jnp.zeros((batch,), bool))
-  real = jnp.repeat(_real_slots(segment_ids, config.max_new_tokens), beam, axis=0)
-  advance = functools.partial(_beam_advance, config=config, prompt_len=prompt_len, real=real,
-                              eos_id=eos_id, trie=trie, axes=axes)
-  state = advance(state, logits[rows])
-  num_real = jnp.sum(segment_ids != 0, axis=1).astype(jnp.int32)[rows]       # [batch*beam]
+  return _beam_advance_fn(model, prompt, config)(state, logits[rows])
+
+
+def _beam_finish(model, params, prompt: Prompt, state: BeamState,
+                 config: DecodeConfig) -> DecodeOutput:
+  prompt_len, beam = prompt.tokens.shape[1], config.beam_size
+  advance = _beam_advance_fn(model, prompt, config)
+  rows = jnp.repeat(jnp.arange(prompt.tokens.shape[0]), beam)                 # [batch*beam]
+  num_real = jnp.sum(prompt.segment_ids != 0, axis=1).astype(jnp.int32)[rows]
 
   def body(s: BeamState) -> BeamState:
-    position = jnp.where(slot_positions, prompt_len + s.step - 1, num_real + s.step - 1)
+    position = jnp.where(prompt.slot_positions, prompt_len + s.step - 1, num_real + s.step - 1)
     last_token = s.alive_seqs[:, :, prompt_len + s.step - 1].reshape(-1)
     step_logits, cache = step(model, params, s.cache, last_token, position)
     return advance(s.replace(cache=cache), step_logits)
@@ -470,9 +531,18 @@ def _beam_search(model, params, tokens, segment_ids, positions, images, image_to
   found = jnp.isfinite(state.finished_scores[:, :1])
   beams = jnp.where(found[:, :, None], state.finished_seqs, state.alive_seqs)
   scores = jnp.where(found, state.finished_scores, state.alive_logp)
-  ended = jnp.any(beams[:, 0, prompt_len:] == eos_id, axis=-1)
+  ended = jnp.any(beams[:, 0, prompt_len:] == prompt.eos_id, axis=-1)
   return DecodeOutput(sequences=beams[:, 0], num_generated=state.step, done=ended,
-                      scores=scores[:, 0], beams=beams, beam_scores=scores)
+                      scores=scores[:, 0], beams=beams, beam_scores=scores), state
+
+
+def _beam_advance_fn(model, prompt: Prompt, config: DecodeConfig):
+  prompt_len = prompt.tokens.shape[1]
+  real = jnp.repeat(_real_slots(prompt.segment_ids, config.max_new_tokens), config.beam_size,
+                    axis=0)
+  return functools.partial(_beam_advance, config=config, prompt_len=prompt_len, real=real,
+                           eos_id=prompt.eos_id, trie=prompt.trie,
+                           axes=cache_batch_axes(model, prompt_len + config.max_new_tokens))
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -496,38 +566,110 @@ def decoding_layout(model: nn.Module, params: Any) -> tuple[nn.Module, Any]:
           param_layout.unstack_layers(params))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "config"))
-def _generate(model, params, tokens, segment_ids, positions, images, image_token_mask, eos_id,
-              pad_id, slot_positions, rng, trie, knobs, *, config) -> DecodeOutput:
-  """Prefill + loop as one program. `config` holds the static fields (strategy, lengths, beam
-  size, n-gram size); eos / pad / position mode and `knobs` (sampling, length penalty) are
-  traced."""
-  config = dataclasses.replace(config, **knobs)
+def _decoding_setup(model, params, prompt: Prompt, config: DecodeConfig):
+  """What both programs of a call start from: the decoding layout, the traced knobs, and the
+  prompt's default segment ids (all real) and positions (skipping padding)."""
+  config = dataclasses.replace(config, **prompt.knobs)
   model, params = decoding_layout(model, params)
-  args = (model, params, tokens, segment_ids, positions, images, image_token_mask, eos_id,
-          pad_id, slot_positions)
-  if config.strategy == "beam":
-    return _beam_search(*args, trie, config)
-  return _greedy_or_sample(*args, rng, trie, config)
+  segment_ids = (jnp.ones_like(prompt.tokens) if prompt.segment_ids is None
+                 else prompt.segment_ids)
+  positions = padded_positions(segment_ids) if prompt.positions is None else prompt.positions
+  return model, params, prompt.replace(segment_ids=segment_ids, positions=positions), config
 
 
-def prompt_inputs(tokens, segment_ids, positions, images, image_token_mask):
-  """Validates and converts the prompt arguments shared by `decode` and `score_continuations`."""
-  tokens = jnp.asarray(tokens, jnp.int32)
+def _start(model, params, prompt: Prompt, *, config: DecodeConfig):
+  """Program 2: prefill (images too unless already encoded), first token -> the loop's
+  initial state."""
+  model, params, prompt, config = _decoding_setup(model, params, prompt, config)
+  start = _beam_start if config.strategy == "beam" else _greedy_start
+  return start(model, params, prompt, config)
+
+
+def _finish(model, params, prompt: Prompt, state, *, config: DecodeConfig
+            ) -> tuple[DecodeOutput, Any]:
+  """Program 3: the per-token loop from `_start`'s state -> (output, final state). The state
+  is returned so that the donated input state (the KV cache above all) is updated in place,
+  its buffers aliasing the output's, instead of being copied into the loop."""
+  model, params, prompt, config = _decoding_setup(model, params, prompt, config)
+  finish = _beam_finish if config.strategy == "beam" else _greedy_finish
+  return finish(model, params, prompt, state, config)
+
+
+def _encode_images(model, params, images):
+  """Program 1 (a `Kosmos` with images): vision tower + resampler -> image embeddings."""
+  model, params = decoding_layout(model, params)
+  return model.apply({"params": params}, images, method="encode_images")
+
+
+@functools.lru_cache(maxsize=None)
+def _programs(image_options: Optional[tuple[tuple[str, Any], ...]],
+              prompt_options: Optional[tuple[tuple[str, Any], ...]],
+              loop_options: Optional[tuple[tuple[str, Any], ...]]):
+  """The jitted programs of a call: images, prompt + first token, then the loop. They are
+  compiled separately because their best XLA:CPU settings differ: the vision tower's and a
+  long prompt's GEMMs run fastest through oneDNN, the loop's few-row products (and a short
+  prompt's) through XLA's default kernels (`xla_cpu.compiler_options`, docs/performance.md)."""
+  static = ("model", "config")
+  as_dict = lambda options: None if options is None else dict(options)
+  encode = jax.jit(_encode_images, static_argnames=("model",),
+                   compiler_options=as_dict(image_options))
+  start = jax.jit(_start, static_argnames=static, compiler_options=as_dict(prompt_options))
+  finish = jax.jit(_finish, static_argnames=static, donate_argnames=("state",),
+                   compiler_options=as_dict(loop_options))
+  return encode, start, finish
+
+
+def _generate(model, params, prompt: Prompt, *, config: DecodeConfig) -> DecodeOutput:
+  """Runs the programs in turn, dispatched without waiting; `config` holds the static fields
+  (strategy, lengths, beam size, n-gram size), `prompt` the traced ones."""
+  leaves = jax.tree_util.tree_leaves(params)
+  devices = (leaves[0].devices() if leaves and isinstance(leaves[0], jax.Array)
+             else jax.devices())
+  options = {program: xla_cpu.compiler_options(devices, program=program)
+             for program in ("prefill", "decode")}
+  key = lambda program: None if options[program] is None else tuple(
+      sorted(options[program].items()))
+  large_prompt = prompt.tokens.size >= xla_cpu.PREFILL_MIN_ROWS
+  encode, start, finish = _programs(key("prefill"), key("prefill" if large_prompt else "decode"),
+                                    key("decode"))
+  if prompt.images is not None and isinstance(model, Kosmos):
+    prompt = prompt.replace(images=None, image_embeds=encode(model, params, prompt.images))
+  state = start(model, params, prompt, config=config)
+  output, _ = finish(model, params, prompt, state, config=config)
+  return output
+
+
+def _int32(value):
+  """`value` as int32 without an eager device op when it already is an int32 array (each eager
+  op costs a dispatch, which adds up to milliseconds per decoding call)."""
+  if isinstance(value, jax.Array) and value.dtype == jnp.int32:
+    return value
+  return np.asarray(value, np.int32)
+
+
+def check_prompt_inputs(tokens, segment_ids, positions, images, image_token_mask):
+  """Validates the prompt arguments and makes the integer ones int32; None stays None."""
+  tokens = _int32(tokens)
   if tokens.ndim != 2:
     raise ValueError(f"tokens must be [batch, prompt_len], got shape {tokens.shape}")
   if (images is None) != (image_token_mask is None):
     raise ValueError("pass images and image_token_mask together (or neither)")
-  segment_ids = (jnp.ones_like(tokens) if segment_ids is None
-                 else jnp.asarray(segment_ids, jnp.int32))
   for name, value in (("segment_ids", segment_ids), ("positions", positions),
                       ("image_token_mask", image_token_mask)):
     if value is not None and tuple(np.shape(value)) != tuple(tokens.shape):
       raise ValueError(f"{name} has shape {np.shape(value)}; tokens has {tokens.shape}")
-  positions = (padded_positions(segment_ids) if positions is None
-               else jnp.asarray(positions, jnp.int32))
-  mask = None if image_token_mask is None else jnp.asarray(image_token_mask, jnp.int32)
-  return tokens, segment_ids, positions, images, mask
+  convert = lambda value: None if value is None else _int32(value)
+  return tokens, convert(segment_ids), convert(positions), images, convert(image_token_mask)
+
+
+def prompt_inputs(tokens, segment_ids, positions, images, image_token_mask):
+  """`check_prompt_inputs` with the defaults filled in: segment ids all real, positions that
+  skip padding (as in training)."""
+  tokens, segment_ids, positions, images, mask = check_prompt_inputs(
+      tokens, segment_ids, positions, images, image_token_mask)
+  segment_ids = jnp.ones_like(tokens) if segment_ids is None else jnp.asarray(segment_ids)
+  positions = padded_positions(segment_ids) if positions is None else jnp.asarray(positions)
+  return jnp.asarray(tokens), segment_ids, positions, images, mask
 
 
 def decode(model: nn.Module, params: Any, tokens: Array, config: DecodeConfig, *,
@@ -567,16 +709,18 @@ def decode(model: nn.Module, params: Any, tokens: Array, config: DecodeConfig, *
                        f">= vocab_size {vocab}")
   if config.strategy != "sample":
     rng = None                                   # unused; keeps one program per config
-  tokens, segment_ids, positions, images, mask = prompt_inputs(tokens, segment_ids, positions,
-                                                                images, image_token_mask)
+  tokens, segment_ids, positions, images, mask = check_prompt_inputs(
+      tokens, segment_ids, positions, images, image_token_mask)
   # Numbers that do not change the program's shape are traced: changing them does not recompile.
-  knobs = {name: jnp.asarray(getattr(config, name), jnp.float32) for name in _TRACED_FLOATS}
-  knobs["top_k"] = jnp.asarray(config.top_k, jnp.int32)
+  knobs = {name: np.float32(getattr(config, name)) for name in _TRACED_FLOATS}
+  knobs["top_k"] = np.int32(config.top_k)
   static = dataclasses.replace(DecodeConfig(), strategy=config.strategy,
                                max_new_tokens=config.max_new_tokens, beam_size=config.beam_size,
                                no_repeat_ngram_size=config.no_repeat_ngram_size)
-  return _generate(model, params, tokens, segment_ids, positions, images, mask,
-                   jnp.asarray(-1 if config.eos_id is None else config.eos_id, jnp.int32),
-                   jnp.asarray(config.pad_id, jnp.int32),
-                   jnp.asarray(config.position_mode == "slot"), rng, constraint, knobs,
-                   config=static)
+  prompt = Prompt(tokens=tokens, segment_ids=segment_ids, positions=positions, images=images,
+                  image_token_mask=mask,
+                  eos_id=np.int32(-1 if config.eos_id is None else config.eos_id),
+                  pad_id=np.int32(config.pad_id),
+                  slot_positions=np.bool_(config.position_mode == "slot"), rng=rng,
+                  trie=constraint, knobs=knobs)
+  return _generate(model, params, prompt, config=static)

@@ -136,3 +136,37 @@ def test_loop_ends_when_every_row_has_emitted_eos():
   expected = np.concatenate([new[:stop + 1], np.full(NEW - stop - 1, PAD_ID)])
   for row in range(2):
     np.testing.assert_array_equal(np.asarray(out.sequences)[row, PROMPT:], expected)
+
+
+def test_first_argmax_is_the_lowest_maximal_id():
+  logits = np.array([[0.5, 2.0, 2.0, -1.0],            # tie: the lower id, as torch.argmax
+                     [-np.inf] * 4,                    # everything blocked
+                     [1.0, np.nan, 3.0, 0.0],          # broken logits: a valid id, not vocab
+                     [-3.0, -2.0, -7.0, -2.5]], np.float32)
+  np.testing.assert_array_equal(np.asarray(decoding.first_argmax(jnp.asarray(logits))),
+                                [1, 0, 0, 1])
+  random = np.random.RandomState(0).randn(16, 1000).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(decoding.first_argmax(jnp.asarray(random))),
+                                np.argmax(random, axis=-1))
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_same_output_with_and_without_onednn_prefill(monkeypatch, strategy):
+  """The image and prompt programs compiled with oneDNN (on CPU; the prompt one forced here
+  even for this short prompt) give the tokens and scores of XLA's default kernels."""
+  from kosmos_jax.training import xla_cpu
+  monkeypatch.setattr(xla_cpu, "PREFILL_MIN_ROWS", 0)
+  _, params, model, _ = setup("xpos")
+  batch = prompts(setup("xpos")[0])
+  config = decoding.DecodeConfig(strategy=strategy, max_new_tokens=NEW, eos_id=None,
+                                 pad_id=PAD_ID, beam_size=2)
+  outputs = []
+  for setting in ("0", "1"):
+    monkeypatch.setenv(xla_cpu.OPT_OUT_ENV, setting)
+    outputs.append(decoding.decode(model, params, batch["tokens"], config,
+                                   images=batch["images"],
+                                   image_token_mask=batch["image_token_mask"],
+                                   segment_ids=batch["segment_ids"]))
+  plain, onednn = outputs
+  np.testing.assert_array_equal(np.asarray(onednn.sequences), np.asarray(plain.sequences))
+  np.testing.assert_allclose(np.asarray(onednn.scores), np.asarray(plain.scores), rtol=1e-4)

@@ -1,5 +1,6 @@
-"""The oneDNN compile options of the train/eval steps (kosmos_jax.training.xla_cpu): on for CPU meshes
-only, off with KOSMOS_JAX_CPU_ONEDNN=0, and every model variant we ship compiles with them.
+"""The oneDNN compile options of the train/eval steps and of decoding's prefill programs
+(kosmos_jax.training.xla_cpu): on for CPU devices only, off with KOSMOS_JAX_CPU_ONEDNN=0, and
+every model variant we ship compiles with them.
 
 XLA's oneDNN fusion aborts the whole process on the patterns it cannot compile, so the compile
 matrix runs in a child process: an abort is then a failed test naming the variant, not a dead
@@ -10,6 +11,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from kosmos_jax.training import xla_cpu
 from kosmos_jax.training import optimizers
@@ -26,9 +28,19 @@ def test_options_only_for_cpu_devices_and_opt_out(monkeypatch):
     platform = "tpu"
   assert xla_cpu.compiler_options([Accelerator()]) is None
   assert xla_cpu.compiler_options(jax.devices("cpu") + [Accelerator()]) is None
+  prefill = xla_cpu.compiler_options(jax.devices("cpu"), program="prefill")
+  assert prefill == {**xla_cpu.ONEDNN_OPTIONS, **xla_cpu.FAST_MAX,
+                     "xla_cpu_experimental_ynn_fusion_type": "",
+                     "xla_cpu_prefer_vector_width": 512}
+  assert xla_cpu.compiler_options(jax.devices("cpu"), program="decode") == xla_cpu.FAST_MAX
+  assert xla_cpu.compiler_options([Accelerator()], program="prefill") is None
+  with pytest.raises(ValueError, match="program='loop'; choose one of"):
+    xla_cpu.compiler_options(jax.devices("cpu"), program="loop")
   for off in ("0", "false", "OFF"):
     monkeypatch.setenv(xla_cpu.OPT_OUT_ENV, off)
     assert xla_cpu.compiler_options(jax.devices("cpu")) is None
+    assert xla_cpu.compiler_options(jax.devices("cpu"), program="prefill") is None
+    assert xla_cpu.compiler_options(jax.devices("cpu"), program="decode") is None
 
 
 def test_train_step_same_loss_with_and_without_onednn(monkeypatch):
@@ -53,8 +65,11 @@ def test_train_step_same_loss_with_and_without_onednn(monkeypatch):
 CHILD = r"""
 import sys, jax
 import flax.linen as nn
-from kosmos_jax.training import optimizers, partitioning, trainer as trainer_lib
+from kosmos_jax.inference import decoding
+from kosmos_jax.models import kosmos
+from kosmos_jax.training import optimizers, partitioning, trainer as trainer_lib, xla_cpu
 from tests.helpers import tiny
+xla_cpu.PREFILL_MIN_ROWS = 0          # the prompt program with oneDNN too, as for long prompts
 VARIANTS = {
     "tiny (demo model)": {},
     "xPos + Sub-LN, frozen vision but last layer": {"text.xpos": True, "text.subln": True,
@@ -78,6 +93,13 @@ for name, overrides in VARIANTS.items():
   with jax.set_mesh(mesh), nn.logical_axis_rules(trainer.rules):
     trainer._train_step.lower(state, batch, jax.random.key(0)).compile()
     trainer._eval_step.lower(state.params, batch).compile()
+  # Decoding's image and prompt programs (oneDNN + YNNPACK off), greedy and beam.
+  params = jax.jit(lambda r: kosmos.init_params(config, r))(jax.random.key(0))
+  prompt = tiny.image_block_batch(config, 2, 24, [[1], [3]])
+  for strategy in ("greedy", "beam"):
+    decoding.decode(kosmos.Kosmos(config), params, prompt["tokens"],
+                    decoding.DecodeConfig(strategy=strategy, max_new_tokens=3, beam_size=2),
+                    images=prompt["images"], image_token_mask=prompt["image_token_mask"])
   print("ok", name, flush=True)
 """
 
