@@ -396,14 +396,10 @@ class Attention(nn.Module):
       center = positions_lib.xpos_center(max_len)
       k = self._rotate(k, positions, center, downscale=True)
       q = self._rotate(q, positions, center, downscale=False)
-    keys = jax.lax.dynamic_update_slice(
+    cached_key.value = jax.lax.dynamic_update_slice(
         cached_key.value, _keys_head_major(k).astype(self.dtype), (0, 0, 0, index))
-    values = jax.lax.dynamic_update_slice(
+    cached_value.value = jax.lax.dynamic_update_slice(
         cached_value.value, _values_head_major(v).astype(self.dtype), (0, 0, index, 0))
-    # One materialised buffer per update: without the barrier XLA:CPU may fuse the update twice
-    # (into the attention GEMM's operand and into the new cache), and then copies the whole
-    # cache at every decoding step to keep both.
-    cached_key.value, cached_value.value = jax.lax.optimization_barrier((keys, values))
     cached_valid.value = jax.lax.dynamic_update_slice(
         cached_valid.value, key_valid.astype(bool), (0, index))
     cache_index.value = index + q_len
