@@ -1,4 +1,4 @@
-"""Autoregressive decoding with a KV cache, compiled as one program, and likelihood scoring.
+"""Autoregressive decoding with a KV cache, compiled once per shape, and likelihood scoring.
 
 Entry points:
   decode(model, params, tokens, DecodeConfig(...), images=..., constraint=..., rng=...)
@@ -6,9 +6,11 @@ Entry points:
       candidate set (`PrefixTrie`) and with no-repeat-n-gram blocking.
   (scoring of candidate continuations lives in `kosmos_jax.inference.scoring`)
 
-Every strategy prefills the cache with the (left-padded) prompt and its images in one call, then
-emits one token per step inside a single `jax.lax.while_loop`, all under one `jax.jit`: no Python
-loop per token and no recompilation per step. The loop stops once every row is finished. Rows
+Every strategy prefills the cache with the (left-padded) prompt and its images, then emits one
+token per step inside a single `jax.lax.while_loop`: three jitted programs per call (images;
+prompt + first token; the loop), dispatched back to back without waiting, each compiled with the
+XLA:CPU options that suit it (`_programs`). No Python loop per token and no recompilation per
+step. The loop stops once every row is finished. Rows
 that finished keep emitting `pad_id` (Hugging Face semantics), so a batch returns a rectangular
 array of prompt + new tokens.
 
@@ -625,13 +627,15 @@ def _generate(model, params, prompt: Prompt, *, config: DecodeConfig) -> DecodeO
   leaves = jax.tree_util.tree_leaves(params)
   devices = (leaves[0].devices() if leaves and isinstance(leaves[0], jax.Array)
              else jax.devices())
-  options = {program: xla_cpu.compiler_options(devices, program=program)
-             for program in ("prefill", "decode")}
-  key = lambda program: None if options[program] is None else tuple(
-      sorted(options[program].items()))
+
+  def options(program):                          # hashable, for `_programs`' cache
+    chosen = xla_cpu.compiler_options(devices, program=program)
+    return None if chosen is None else tuple(sorted(chosen.items()))
+  prefill_options, loop_options = options("prefill"), options("decode")
   large_prompt = prompt.tokens.size >= xla_cpu.PREFILL_MIN_ROWS
-  encode, start, finish = _programs(key("prefill"), key("prefill" if large_prompt else "decode"),
-                                    key("decode"))
+  encode, start, finish = _programs(prefill_options,
+                                    prefill_options if large_prompt else loop_options,
+                                    loop_options)
   if prompt.images is not None and isinstance(model, Kosmos):
     prompt = prompt.replace(images=None, image_embeds=encode(model, params, prompt.images))
   state = start(model, params, prompt, config=config)

@@ -1,11 +1,13 @@
-"""XLA:CPU settings for training on CPU: matrix products through oneDNN, a memory-lean schedule.
+"""XLA:CPU settings for training and decoding on CPU: matrix products through oneDNN, a
+memory-lean schedule.
 
 On CPU, XLA's default GEMM paths (YNNPACK for plain layouts, Eigen otherwise) run the batched
 attention products [batch, heads, q, k] at about half of oneDNN's speed and the transposed-
 operand weight-gradient GEMMs ~15% slower; with XLA's oneDNN dot fusion the benchmark's train
 step is ~10% faster on two cores (docs/performance.md). These options are passed per program
-(`jax.jit(compiler_options=...)`) to the train and eval steps of CPU meshes only, so other JAX
-code in the process and TPU/GPU compiles are untouched.
+(`jax.jit(compiler_options=...)`) to the train and eval steps of CPU meshes and to decoding's
+programs on CPU (`compiler_options(..., program=...)`) only, so other JAX code in the process
+and TPU/GPU compiles are untouched.
 
 The fusion is experimental in XLA and aborts the process at compile time ("partition compile
 failed") on two patterns: a sum of two GEMM outputs, and an elementwise op fused *before* a GEMM.

@@ -14,6 +14,7 @@ from kosmos_jax.inference import decoding
 from tests.helpers import tiny
 from kosmos_jax.models import decoder
 from kosmos_jax.models import kosmos
+from kosmos_jax.training import xla_cpu
 
 SCHEMES = {"xpos": {}, "sinusoidal": tiny.SINUSOIDAL}
 PROMPT, NEW, PAD_ID = 14, 10, 1
@@ -154,7 +155,6 @@ def test_first_argmax_is_the_lowest_maximal_id():
 def test_same_output_with_and_without_onednn_prefill(monkeypatch, strategy):
   """The image and prompt programs compiled with oneDNN (on CPU; the prompt one forced here
   even for this short prompt) give the tokens and scores of XLA's default kernels."""
-  from kosmos_jax.training import xla_cpu
   monkeypatch.setattr(xla_cpu, "PREFILL_MIN_ROWS", 0)
   _, params, model, _ = setup("xpos")
   batch = prompts(setup("xpos")[0])
