@@ -19,6 +19,8 @@ from kosmos_jax.models import positions as positions_lib
 from kosmos_jax.models.config import TextConfig
 
 Array = jnp.ndarray
+# What TextDecoder returns: full logits, or the output layer's input and weights.
+OUTPUTS = ("logits", "hidden")
 
 
 def segment_positions(segment_ids: Array) -> Array:
@@ -103,9 +105,14 @@ class TextDecoder(nn.Module):
   def __call__(self, tokens: Array, *, image_embeds: Optional[Array] = None,
                image_token_mask: Optional[Array] = None, segment_ids: Optional[Array] = None,
                positions: Optional[Array] = None, deterministic: bool = True,
-               decode: bool = False, last_logits_only: bool = False) -> Array:
+               decode: bool = False, last_logits_only: bool = False,
+               output: str = "logits") -> Array | tuple[Array, Array]:
     """tokens/segment_ids/positions/image_token_mask: [batch, length]; returns [batch, length, vocab]
     ([batch, 1, vocab] with last_logits_only: a decoding prefill needs only the last column's).
+
+    output="hidden" returns (hidden [batch, length, embed], table [vocab, embed]) instead, the
+    output layer's input and weights with logits = hidden @ table^T, for a loss that computes
+    the logits a slice at a time (`losses.output_layer_statistics`).
 
     segment_ids: 0 marks padding; distinct ids are packed examples that do not attend to each
     other. Defaults to all ones. positions default to per-segment positions.
@@ -143,10 +150,18 @@ class TextDecoder(nn.Module):
       x = x[:, -1:]
     x = layers.LayerNorm("embed", c.layer_norm_eps, self.dtype, self.param_dtype,
                          name="layer_norm")(x)
+    if output not in OUTPUTS:
+      raise ValueError(f"output={output!r}; choose one of {OUTPUTS}")
     if c.tie_word_embeddings:
+      if output == "hidden":
+        return x, embed.embedding.astype(self.dtype)
       logits = embed.attend(x)
     else:
-      logits = layers.Dense((c.vocab_size,), ("embed", "vocab"), use_bias=False, init_kind="normal",
-                            dtype=self.dtype, param_dtype=self.param_dtype, name="lm_head")(x)
+      lm_head = layers.Dense((c.vocab_size,), ("embed", "vocab"), use_bias=False,
+                             init_kind="normal", dtype=self.dtype, param_dtype=self.param_dtype,
+                             name="lm_head")
+      if output == "hidden":
+        return x, lm_head.weights((c.embed_dim,))[0].T
+      logits = lm_head(x)
     logits = nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
     return logits.astype(jnp.float32)

@@ -51,13 +51,15 @@ class Kosmos(nn.Module):
                image_token_mask: Optional[Array] = None, segment_ids: Optional[Array] = None,
                positions: Optional[Array] = None, *, deterministic: bool = True,
                decode: bool = False, image_embeds: Optional[Array] = None,
-               last_logits_only: bool = False) -> Array:
-    """Returns float32 logits [batch, length, vocab] ([batch, 1, vocab] with last_logits_only)."""
+               last_logits_only: bool = False, output: str = "logits"):
+    """Returns float32 logits [batch, length, vocab] ([batch, 1, vocab] with last_logits_only);
+    output="hidden": (hidden [batch, length, embed], output table [vocab, embed]), see
+    `TextDecoder`."""
     if image_embeds is None and images is not None:
       image_embeds = self.encode_images(images, deterministic=deterministic)
     return self.text(tokens, image_embeds=image_embeds, image_token_mask=image_token_mask,
                      segment_ids=segment_ids, positions=positions, deterministic=deterministic,
-                     decode=decode, last_logits_only=last_logits_only)
+                     decode=decode, last_logits_only=last_logits_only, output=output)
 
 
 def dummy_inputs(config: KosmosConfig, batch: int = 1, length: int = 0,

@@ -7,21 +7,25 @@ full-batch gradient exactly.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+
 def model_logits(model: nn.Module, params: Any, batch: dict[str, jax.Array], *,
-                 deterministic: bool, dropout_rng: Optional[jax.Array] = None) -> jax.Array:
-  """[batch, length, vocab] float32 logits for a converter batch (images optional)."""
+                 deterministic: bool, dropout_rng: Optional[jax.Array] = None,
+                 output: str = "logits") -> Any:
+  """[batch, length, vocab] float32 logits for a converter batch (images optional); with
+  output="hidden", the output layer's (hidden, table) instead (`TextDecoder`)."""
   rngs = {} if deterministic else {"dropout": dropout_rng}
   return model.apply(
       {"params": params}, batch["decoder_input_tokens"], images=batch.get("images"),
       image_token_mask=batch.get("decoder_image_token_mask"),
       segment_ids=batch.get("decoder_segment_ids"), positions=batch.get("decoder_positions"),
-      deterministic=deterministic, rngs=rngs)
+      deterministic=deterministic, rngs=rngs, output=output)
 
 
 @jax.custom_vjp
@@ -66,6 +70,90 @@ def token_statistics(logits: jax.Array, targets: jax.Array,
   correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
   return {"loss_sum": jnp.sum(nll * weights), "weight_sum": jnp.sum(weights),
           "correct_sum": jnp.sum(correct * weights)}
+
+
+def output_layer_statistics(hidden: jax.Array, table: jax.Array, targets: jax.Array,
+                            weights: jax.Array, chunks: int) -> dict[str, jax.Array]:
+  """`token_statistics` of logits = hidden @ table^T, computed `chunks` slices of the length at
+  a time, so the whole batch's [tokens, vocab] logits and their gradient never exist at once.
+
+  hidden [batch, length, embed], table [vocab, embed] (both in the compute dtype), targets and
+  weights [batch, length]. `chunks` is rounded down to a divisor of the length; 1 is one slice.
+  Under differentiation the forward pass already computes each slice's gradients (softmax -
+  one_hot, then the two GEMMs) and keeps only them, [batch, length, embed] and [embed, vocab]:
+  the backward pass scales them by the loss's cotangent. The same numbers as the one-piece
+  loss, to float rounding (the table gradient is summed slice by slice, in float32).
+  Weights and targets get no gradient (they are data). This is MaxText's vocabulary tiling;
+  docs/performance.md has the memory it saves.
+  """
+  weights = weights.astype(jnp.float32)
+  length = hidden.shape[1]
+  chunks = max(d for d in range(1, max(1, min(chunks, length)) + 1) if length % d == 0)
+  loss_sum, correct_sum = _sliced_statistics(hidden, table, targets, weights, chunks)
+  return {"loss_sum": loss_sum, "weight_sum": jnp.sum(weights), "correct_sum": correct_sum}
+
+
+def _slice_statistics(table, hidden, targets, weights, with_grads: bool):
+  """Loss and correct sums of one slice [batch, slice, ...]; with its gradients if asked."""
+  rows = hidden.reshape(-1, hidden.shape[-1])                              # [tokens, embed]
+  logits = (rows @ table.T).astype(jnp.float32)                            # [tokens, vocab]
+  targets, weights = targets.reshape(-1), weights.reshape(-1)
+  log_normalizer = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1, mode="clip")[:, 0]
+  correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)  # as token_statistics
+  sums = (jnp.sum((log_normalizer - target_logit) * weights), jnp.sum(correct * weights))
+  if not with_grads:
+    return sums, None
+  one_hot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
+  logits_grad = ((jnp.exp(logits - log_normalizer[:, None]) - one_hot)
+                 * weights[:, None]).astype(hidden.dtype)                  # [tokens, vocab]
+  hidden_grad = (logits_grad @ table).reshape(hidden.shape)
+  # [embed, vocab]: the GEMM over the gradient as it lies (see layers.tied_logits)
+  table_grad_t = jnp.matmul(rows.T, logits_grad, preferred_element_type=jnp.float32)
+  return sums, (hidden_grad, table_grad_t)
+
+
+def _scan_slices(hidden, table, targets, weights, chunks: int, with_grads: bool):
+  """Runs `_slice_statistics` over the slices in one rolled loop, summing as it goes."""
+  batch, length = targets.shape
+  def split(x):                                       # [batch, length, ...] -> [chunks, batch, ...]
+    return jnp.moveaxis(x.reshape((batch, chunks, length // chunks) + x.shape[2:]), 1, 0)
+
+  def body(carry, inputs):
+    sums, grads = _slice_statistics(table, *inputs, with_grads=with_grads)
+    carry = jax.tree_util.tree_map(jnp.add, carry, (sums, None if grads is None else grads[1]))
+    return carry, None if grads is None else grads[0]
+
+  zero = jnp.zeros((), jnp.float32)
+  table_grad_t = (jnp.zeros(table.shape[::-1], jnp.float32) if with_grads else None)
+  (sums, table_grad_t), hidden_grads = jax.lax.scan(
+      body, ((zero, zero), table_grad_t), (split(hidden), split(targets), split(weights)))
+  if not with_grads:
+    return sums, None
+  hidden_grad = jnp.moveaxis(hidden_grads, 0, 1).reshape(hidden.shape)
+  # The barrier keeps XLA from folding the transpose into the last GEMM (as in tied_logits).
+  table_grad = jax.lax.optimization_barrier(table_grad_t).T.astype(table.dtype)
+  return sums, (hidden_grad, table_grad)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _sliced_statistics(hidden, table, targets, weights, chunks):
+  return _scan_slices(hidden, table, targets, weights, chunks, with_grads=False)[0]
+
+
+def _sliced_statistics_fwd(hidden, table, targets, weights, chunks):
+  return _scan_slices(hidden, table, targets, weights, chunks, with_grads=True)   # (sums, grads)
+
+
+def _sliced_statistics_bwd(chunks, grads, cotangents):
+  del chunks
+  hidden_grad, table_grad = grads
+  loss_cotangent = cotangents[0]                      # correct_sum is not differentiable
+  return (hidden_grad * loss_cotangent.astype(hidden_grad.dtype),
+          table_grad * loss_cotangent.astype(table_grad.dtype), None, None)
+
+
+_sliced_statistics.defvjp(_sliced_statistics_fwd, _sliced_statistics_bwd)
 
 
 def batch_counts(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -42,6 +42,10 @@ class TrainerConfig:
   on_nonfinite: str = "stop"       # "stop": raise with step and last good checkpoint; "skip"
   seed: int = 0
   peak_flops_per_device: Optional[float] = None
+  # The output layer + loss in this many slices of the sequence (rounded down to a divisor of
+  # the length): the batch's [tokens, vocab] logits never exist at once (MaxText's vocabulary
+  # tiling; `losses.output_layer_statistics`). 1: in one piece.
+  loss_chunks: int = 4
 
 
 class NonFiniteError(RuntimeError):
@@ -83,10 +87,16 @@ class Trainer:
   def _loss(self, params, batch, rng):
     params = jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p),
                                     params, self.trainable)
-    logits = losses.model_logits(self.model, params, batch, deterministic=False, dropout_rng=rng)
-    stats = losses.token_statistics(logits, batch["decoder_target_tokens"],
-                                    batch["decoder_loss_weights"])
+    stats = self._statistics(params, batch, deterministic=False, dropout_rng=rng)
     return stats["loss_sum"], stats
+
+  def _statistics(self, params, batch, **model_kwargs):
+    """Loss/weight/correct sums of a batch, the output layer in `loss_chunks` slices."""
+    hidden, table = losses.model_logits(self.model, params, batch, output="hidden",
+                                        **model_kwargs)
+    return losses.output_layer_statistics(hidden, table, batch["decoder_target_tokens"],
+                                           batch["decoder_loss_weights"],
+                                           self.config.loss_chunks)
 
   def _train_step_fn(self, state: train_state_lib.TrainState, batch, rng):
     k = self.config.num_microbatches
@@ -127,9 +137,7 @@ class Trainer:
     return new_state, step_metrics
 
   def _eval_step_fn(self, params, batch):
-    logits = losses.model_logits(self.model, params, batch, deterministic=True)
-    return losses.token_statistics(logits, batch["decoder_target_tokens"],
-                                   batch["decoder_loss_weights"])
+    return self._statistics(params, batch, deterministic=True)
 
   # ----------------------------------------------------------------------------- public
   def init_state(self, seed: Optional[int] = None) -> train_state_lib.TrainState:

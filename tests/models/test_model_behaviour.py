@@ -171,3 +171,21 @@ def test_subln_init_gain_visible_in_parameter_statistics():
     assert np.std(value) == pytest.approx(uniform_std(bound), rel=0.05), name
   ratio = np.std(np.asarray(attn["v_proj"]["kernel"])) / np.std(np.asarray(attn["q_proj"]["kernel"]))
   assert ratio == pytest.approx(gamma, rel=0.05)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_hidden_output_reproduces_the_logits(tied):
+  """output="hidden" gives the output layer's input and [vocab, embed] weights: their product
+  is the logits, for the tied table and for an untied lm_head (same parameters either way)."""
+  config = tiny.tiny_config(text__tie_word_embeddings=tied)
+  params = kosmos.init_params(config, jax.random.key(1))
+  model = kosmos.Kosmos(config)
+  batch = tiny.image_block_batch(config, 2, 20, [[2], [4]], seed=3)
+  logits = model.apply({"params": params}, **batch)
+  hidden, table = model.apply({"params": params}, **batch, output="hidden")
+  assert hidden.shape == logits.shape[:2] + (config.text.embed_dim,)
+  assert table.shape == (config.text.vocab_size, config.text.embed_dim)
+  np.testing.assert_allclose(np.einsum("ble,ve->blv", hidden, table), logits,
+                             rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="output='probs'"):
+    model.apply({"params": params}, **batch, output="probs")

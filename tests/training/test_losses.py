@@ -1,5 +1,6 @@
 """The training loss against a direct numpy computation of weighted next-token cross-entropy."""
 import jax.numpy as jnp
+import pytest
 import numpy as np
 
 from kosmos_jax.training import losses
@@ -50,3 +51,62 @@ def test_cross_entropy_gradient_is_softmax_minus_one_hot():
   np.testing.assert_allclose(grad, textbook, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(grad, jax.grad(plain)(jnp.asarray(logits)), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(ours(jnp.asarray(logits)), plain(jnp.asarray(logits)), rtol=1e-6)
+
+
+def _plain_statistics(hidden, table, targets, weights):
+  """The textbook loss through plain autodiff: full logits, log_softmax, one-hot pick."""
+  import jax  # pylint: disable=g-import-not-at-top
+  logits = jnp.einsum("ble,ve->blv", hidden, table).astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  picked = jnp.sum(log_probs * jax.nn.one_hot(targets, table.shape[0]), axis=-1)
+  return -jnp.sum(picked * weights)
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 4, 5, 64])   # 5 -> 4 (a divisor of 12); 64 -> 12
+def test_sliced_output_layer_matches_plain_loss_and_gradients(chunks):
+  """Loss, correct count and both gradients of the sliced output layer against full logits
+  through plain autodiff, under an upstream cotangent (0.37) and zero-weight positions."""
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(2)
+  hidden = jnp.asarray(rng.randn(3, 12, 8), jnp.float32)
+  table = jnp.asarray(rng.randn(29, 8), jnp.float32)
+  targets = jnp.asarray(rng.randint(0, 29, (3, 12)))
+  weights = jnp.asarray(rng.randint(0, 2, (3, 12)), jnp.float32)
+
+  def sliced(h, t):
+    stats = losses.output_layer_statistics(h, t, targets, weights, chunks)
+    return 0.37 * stats["loss_sum"], stats
+
+  (value, stats), grads = jax.jit(jax.value_and_grad(sliced, (0, 1), has_aux=True))(hidden, table)
+  plain = lambda h, t: 0.37 * _plain_statistics(h, t, targets, weights)
+  plain_grads = jax.grad(plain, (0, 1))(hidden, table)
+  np.testing.assert_allclose(value, plain(hidden, table), rtol=1e-5)
+  for ours, theirs in zip(grads, plain_grads):
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+  logits = np.einsum("ble,ve->blv", hidden, table)
+  correct = (logits.argmax(-1) == np.asarray(targets)) * np.asarray(weights)
+  np.testing.assert_allclose(stats["correct_sum"], correct.sum())
+  np.testing.assert_allclose(stats["weight_sum"], np.asarray(weights).sum())
+  # Without differentiation (eval) the same sums, no gradient work.
+  eval_stats = jax.jit(lambda h, t: losses.output_layer_statistics(h, t, targets, weights,
+                                                                   chunks))(hidden, table)
+  for key in stats:
+    np.testing.assert_allclose(eval_stats[key], stats[key], rtol=1e-6)
+
+
+def test_sliced_output_layer_in_bfloat16_stays_close():
+  """bf16 hidden/table (the bf16 model's output layer): float32 loss, bf16 gradients, close to
+  the float32 computation."""
+  import jax  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(3)
+  hidden = rng.randn(2, 8, 16).astype(np.float32)
+  table = rng.randn(40, 16).astype(np.float32) * 0.3
+  targets = jnp.asarray(rng.randint(0, 40, (2, 8)))
+  weights = jnp.ones((2, 8))
+  loss = lambda h, t: losses.output_layer_statistics(h, t, targets, weights, 4)["loss_sum"]
+  grads16 = jax.grad(loss, (0, 1))(jnp.asarray(hidden, jnp.bfloat16),
+                                   jnp.asarray(table, jnp.bfloat16))
+  grads32 = jax.grad(loss, (0, 1))(jnp.asarray(hidden), jnp.asarray(table))
+  for g16, g32 in zip(grads16, grads32):
+    assert g16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(g16, np.float32), g32, rtol=0.05, atol=0.05)
