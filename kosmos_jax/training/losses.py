@@ -28,54 +28,11 @@ def model_logits(model: nn.Module, params: Any, batch: dict[str, jax.Array], *,
       deterministic=deterministic, rngs=rngs, output=output)
 
 
-@jax.custom_vjp
-def softmax_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """-log softmax(logits)[target] per position: logits [..., vocab] float32, targets [...] int.
-
-  The backward is written out as softmax - one_hot(target), one fused pass over the logits.
-  Under autodiff the target logit has to be picked by a one-hot product (a gather's gradient
-  is a scatter, slow on XLA:CPU), and that product plus the logsumexp's backward cost three
-  more passes over the [tokens, vocab] array; here the forward picks it with a gather.
-  """
-  return _cross_entropy_fwd(logits, targets)[0]
-
-
-def _cross_entropy_fwd(logits, targets):
-  log_normalizer = jax.nn.logsumexp(logits, axis=-1, keepdims=True)     # [..., 1]
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1, mode="clip")
-  return (log_normalizer - target_logit)[..., 0], (logits, log_normalizer, targets)
-
-
-def _cross_entropy_bwd(residuals, g):
-  logits, log_normalizer, targets = residuals
-  one_hot = jax.nn.one_hot(targets, logits.shape[-1], dtype=logits.dtype)
-  return (jnp.exp(logits - log_normalizer) - one_hot) * g[..., None], None
-
-
-softmax_cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
-
-
-def token_statistics(logits: jax.Array, targets: jax.Array,
-                     weights: jax.Array) -> dict[str, jax.Array]:
-  """Weighted sums: loss_sum, weight_sum, correct_sum (scalars, float32)."""
-  weights = weights.astype(jnp.float32)
-  # [tokens, vocab], the layout of the tied-logits GEMM's output and of its gradient
-  logits = logits.astype(jnp.float32).reshape(-1, logits.shape[-1])
-  targets, weights = targets.reshape(-1), weights.reshape(-1)
-  nll = softmax_cross_entropy(logits, targets)                           # [tokens]
-  # "Correct" = the target's logit is the row's maximum: argmax's answer except on exact ties,
-  # as one max-reduce (shared with the logsumexp's). XLA:CPU runs argmax's (value, index)
-  # reduce single-threaded: 27 ms of a 0.66 s benchmark step over [2048, 8000] logits.
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1, mode="clip")[..., 0]
-  correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
-  return {"loss_sum": jnp.sum(nll * weights), "weight_sum": jnp.sum(weights),
-          "correct_sum": jnp.sum(correct * weights)}
-
-
 def output_layer_statistics(hidden: jax.Array, table: jax.Array, targets: jax.Array,
                             weights: jax.Array, chunks: int) -> dict[str, jax.Array]:
-  """`token_statistics` of logits = hidden @ table^T, computed `chunks` slices of the length at
-  a time, so the whole batch's [tokens, vocab] logits and their gradient never exist at once.
+  """Weighted sums loss_sum (next-token cross-entropy), weight_sum and correct_sum (scalars,
+  float32) of logits = hidden @ table^T, computed `chunks` slices of the length at a time, so
+  the whole batch's [tokens, vocab] logits and their gradient never exist at once.
 
   hidden [batch, length, embed], table [vocab, embed] (both in the compute dtype), targets and
   weights [batch, length]. `chunks` is rounded down to a divisor of the length; 1 is one slice.
@@ -100,10 +57,16 @@ def _slice_statistics(table, hidden, targets, weights, with_grads: bool):
   targets, weights = targets.reshape(-1), weights.reshape(-1)
   log_normalizer = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1, mode="clip")[:, 0]
-  correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)  # as token_statistics
+  # "Correct" = the target's logit is the row's maximum: argmax's answer except on exact ties,
+  # as one max-reduce (shared with the logsumexp's). XLA:CPU runs argmax's (value, index)
+  # reduce single-threaded: 27 ms of a 0.66 s benchmark step over [2048, 8000] logits.
+  correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
   sums = (jnp.sum((log_normalizer - target_logit) * weights), jnp.sum(correct * weights))
   if not with_grads:
     return sums, None
+  # The cross-entropy's gradient written out, softmax - one_hot(target): one fused pass over
+  # the logits (autodiff of a one-hot pick plus logsumexp costs three more); the forward picks
+  # the target with a gather (a gather's gradient is a scatter, slow on XLA:CPU).
   one_hot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
   logits_grad = ((jnp.exp(logits - log_normalizer[:, None]) - one_hot)
                  * weights[:, None]).astype(hidden.dtype)                  # [tokens, vocab]
