@@ -317,34 +317,16 @@ class Attention(nn.Module):
     v = nn.with_logical_constraint(v, ("batch", "length", a.heads, a.kv))
 
     if decode:
-      q, k, v, mask = self._update_cache(q, k, v, positions, key_valid)
+      q, parts = self._update_cache(q, k, v, positions, key_valid)
     else:
       if self.xpos:
         center = positions_lib.xpos_center(k.shape[1])
         k = self._rotate(k, positions, center, downscale=True)
         q = self._rotate(q, positions, center, downscale=False)
-      k, v = _keys_head_major(k), _values_head_major(v)
+      parts = [(_keys_head_major(k), _values_head_major(v), mask)]
 
-    # Head-major operands (q [b, h, q, d], k [b, h, d, k], v [b, h, k, d]): both products are
-    # plain batched GEMMs, so XLA:CPU copies no [b, h, *, *] operand or output into another
-    # layout; the KV cache is stored in this layout too.
     q = jnp.swapaxes(q * (self.head_dim ** -0.5), 1, 2)
-    scores = jnp.einsum("bhqd,bhdk->bhqk", q, k.astype(q.dtype))   # [batch, heads, q_len, kv_len]
-    if self.softmax_fp32:
-      scores = scores.astype(jnp.float32)
-    if mask is not None:
-      scores = jnp.where(mask, scores, NEG_INF)
-    # Softmax normalised after the PV product (exactly softmax(scores) @ v; dropout's mask and
-    # 1/(1-p) commute with the division): the division is a [.., q, d] epilogue of the GEMM
-    # instead of a [.., q, k] pass before it, which XLA:CPU's oneDNN fusion cannot compile
-    # (docs/performance.md).
-    unnormalized = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, -1, keepdims=True)))
-    normalizer = jnp.sum(unnormalized, axis=-1, keepdims=True)     # [batch, heads, q_len, 1]
-    weights = unnormalized.astype(self.dtype)
-    if self.dropout_rate > 0:
-      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights, v.astype(self.dtype))
-    out = (out / normalizer).astype(self.dtype)
+    out = self._softmax_attention(q, parts, deterministic)
     out = jnp.swapaxes(out, 1, 2)                                  # [batch, q_len, heads, kv]
     out = nn.with_logical_constraint(out, ("batch", "length", a.heads, a.kv))
     if self.inner_ln:
@@ -357,6 +339,38 @@ class Attention(nn.Module):
                  init_kind=self.init_kind, gain=self.vo_gain, dtype=self.dtype,
                  param_dtype=self.param_dtype, name="out_proj")(out)
 
+  def _softmax_attention(self, q: Array, parts: list, deterministic: bool) -> Array:
+    """softmax(q k^T) v over the keys of all `parts` [(keys, values, mask or None)], as one
+    softmax: the parts share one running max and one normaliser.
+
+    Head-major operands (q [b, h, q, d], keys [b, h, d, k], values [b, h, k, d]): both products
+    are plain batched GEMMs, so XLA:CPU copies no [b, h, *, *] operand or output into another
+    layout; the KV cache is stored in this layout too. Decoding one token passes the cache as it
+    was and the new key/value as two parts, so the cache update feeds only the next step and is
+    done in place (docs/performance.md, decoding).
+    """
+    scores = []
+    for keys, _, mask in parts:
+      part = jnp.einsum("bhqd,bhdk->bhqk", q, keys.astype(q.dtype))  # [batch, heads, q, keys]
+      if self.softmax_fp32:
+        part = part.astype(jnp.float32)
+      scores.append(part if mask is None else jnp.where(mask, part, NEG_INF))
+    row_max = jax.lax.stop_gradient(
+        functools.reduce(jnp.maximum, [jnp.max(part, -1, keepdims=True) for part in scores]))
+    # Softmax normalised after the PV product (exactly softmax(scores) @ v; dropout's mask and
+    # 1/(1-p) commute with the division): the division is a [.., q, d] epilogue of the GEMM
+    # instead of a [.., q, k] pass before it, which XLA:CPU's oneDNN fusion cannot compile
+    # (docs/performance.md).
+    normalizer, out = 0.0, 0.0                                     # [b, h, q, 1], [b, h, q, d]
+    for part, (_, values, _) in zip(scores, parts):
+      unnormalized = jnp.exp(part - row_max)
+      normalizer = normalizer + jnp.sum(unnormalized, axis=-1, keepdims=True)
+      weights = unnormalized.astype(self.dtype)
+      if self.dropout_rate > 0:
+        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
+      out = out + jnp.einsum("bhqk,bhkd->bhqd", weights, values.astype(self.dtype))
+    return (out / normalizer).astype(self.dtype)
+
   def _rotate(self, x: Array, positions: Array, center: int, downscale: bool) -> Array:
     if positions is None:
       raise ValueError("xPos attention needs token positions")
@@ -365,12 +379,13 @@ class Attention(nn.Module):
     return y.astype(self.dtype)
 
   def _update_cache(self, q, k, v, positions, key_valid):
-    """Writes this call's keys/values at the cache index and returns (q, keys [b, h, d, max],
-    values [b, h, max, d], the mask over the cache).
+    """Writes this call's keys/values at the cache index; returns (q, attention parts [(keys
+    [b, h, d, n], values [b, h, n, d], mask [b, 1, q, n])]).
 
     Keys are cached after xPos rotation with a centre fixed by the cache length, which gives the
     same scores as torchscale's re-rotation of all keys at every step (docs/model.md §4).
-    The first (initialising) call only creates the zero cache.
+    The first (initialising) call only creates the zero cache. A one-token call attends to the
+    cache as it was plus the new key/value, so nothing reads the updated cache in this step.
     """
     initialized = self.has_variable("cache", "cached_key")
     batch, q_len, heads, head_dim = k.shape
@@ -390,24 +405,29 @@ class Attention(nn.Module):
         center = positions_lib.xpos_center(q_len)
         k = self._rotate(k, positions, center, downscale=True)
         q = self._rotate(q, positions, center, downscale=False)
-      return q, _keys_head_major(k), _values_head_major(v), mask
+      return q, [(_keys_head_major(k), _values_head_major(v), mask)]
     index = cache_index.value
     if self.xpos:
       center = positions_lib.xpos_center(max_len)
       k = self._rotate(k, positions, center, downscale=True)
       q = self._rotate(q, positions, center, downscale=False)
-    cached_key.value = jax.lax.dynamic_update_slice(
-        cached_key.value, _keys_head_major(k).astype(self.dtype), (0, 0, 0, index))
-    cached_value.value = jax.lax.dynamic_update_slice(
-        cached_value.value, _values_head_major(v).astype(self.dtype), (0, 0, index, 0))
-    cached_valid.value = jax.lax.dynamic_update_slice(
-        cached_valid.value, key_valid.astype(bool), (0, index))
+    new_keys = _keys_head_major(k).astype(self.dtype)           # [batch, heads, kv, q_len]
+    new_values = _values_head_major(v).astype(self.dtype)       # [batch, heads, q_len, kv]
+    old_keys, old_values, old_valid = cached_key.value, cached_value.value, cached_valid.value
+    cached_key.value = jax.lax.dynamic_update_slice(old_keys, new_keys, (0, 0, 0, index))
+    cached_value.value = jax.lax.dynamic_update_slice(old_values, new_values, (0, 0, index, 0))
+    cached_valid.value = jax.lax.dynamic_update_slice(old_valid, key_valid.astype(bool),
+                                                      (0, index))
     cache_index.value = index + q_len
     key_slot = jnp.arange(max_len)
+    if q_len == 1:
+      old_mask = (key_slot[None, :] < index) & old_valid                     # [batch, max_len]
+      return q, [(old_keys, old_values, old_mask[:, None, None, :]),
+                 (new_keys, new_values, key_valid.astype(bool)[:, None, None, :])]
     query_slot = index + jnp.arange(q_len)
     causal = key_slot[None, :] <= query_slot[:, None]                       # [q_len, max_len]
     mask = causal[None, None] & cached_valid.value[:, None, None, :]        # [batch, 1, q, max]
-    return q, cached_key.value, cached_value.value, mask
+    return q, [(cached_key.value, cached_value.value, mask)]
 
 
 def _keys_head_major(k: Array) -> Array:

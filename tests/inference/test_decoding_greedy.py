@@ -170,3 +170,33 @@ def test_same_output_with_and_without_onednn_prefill(monkeypatch, strategy):
   plain, onednn = outputs
   np.testing.assert_array_equal(np.asarray(onednn.sequences), np.asarray(plain.sequences))
   np.testing.assert_allclose(np.asarray(onednn.scores), np.asarray(plain.scores), rtol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_decoding_loop_updates_the_kv_cache_in_place(monkeypatch, batch):
+  """A loop of one-token steps, compiled with the decoding loop's XLA:CPU options, writes the KV
+  cache without copying it: attention reads the cache as it was plus the new key/value, so the
+  only user of the updated cache is the next step (a copy of every cache buffer per token cost
+  ~0.17 ms of a 0.75 ms batch-1 step)."""
+  monkeypatch.delenv(xla_cpu.OPT_OUT_ENV, raising=False)
+  config, params, model, _ = setup("xpos")
+  model, params = decoding.decoding_layout(model, params)   # as `decode` runs it: layers unrolled
+  max_len = 24
+  cache = kosmos.init_cache(model, batch, max_len)
+
+  def loop(params, cache, token):
+    def body(t, carry):
+      cache, token = carry
+      logits, cache = decoding.step(model, params, cache, token, jnp.full_like(token, t))
+      return cache, jnp.argmax(logits, -1).astype(jnp.int32)
+    return jax.lax.fori_loop(0, max_len, body, (cache, token))
+
+  options = xla_cpu.compiler_options(jax.devices("cpu"), program="decode")
+  text = jax.jit(loop, donate_argnums=1, compiler_options=options).lower(
+      params, cache, jnp.zeros((batch,), jnp.int32)).compile().as_text()
+  cache_shapes = {"f32[" + ",".join(map(str, leaf.shape)) + "]"
+                  for leaf in jax.tree_util.tree_leaves(cache) if leaf.dtype == jnp.float32}
+  assert len(cache_shapes) == 2                 # keys [b, h, d, max], values [b, h, max, d]
+  copies = [line.strip()[:120] for line in text.splitlines()
+            if " copy(" in line and any(f"= {shape}" in line for shape in cache_shapes)]
+  assert not copies, copies

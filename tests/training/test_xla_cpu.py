@@ -32,7 +32,8 @@ def test_options_only_for_cpu_devices_and_opt_out(monkeypatch):
   assert prefill == {**xla_cpu.ONEDNN_OPTIONS, **xla_cpu.FAST_MAX,
                      "xla_cpu_experimental_ynn_fusion_type": "",
                      "xla_cpu_prefer_vector_width": 512}
-  assert xla_cpu.compiler_options(jax.devices("cpu"), program="decode") == xla_cpu.FAST_MAX
+  assert xla_cpu.compiler_options(jax.devices("cpu"), program="decode") == {
+      **xla_cpu.FAST_MAX, **xla_cpu.IN_PLACE_LOOP}
   assert xla_cpu.compiler_options([Accelerator()], program="prefill") is None
   with pytest.raises(ValueError, match="program='loop'; choose one of"):
     xla_cpu.compiler_options(jax.devices("cpu"), program="loop")
