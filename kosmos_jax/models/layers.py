@@ -347,7 +347,7 @@ class Attention(nn.Module):
     are plain batched GEMMs, so XLA:CPU copies no [b, h, *, *] operand or output into another
     layout; the KV cache is stored in this layout too. Decoding one token passes the cache as it
     was and the new key/value as two parts, so the cache update feeds only the next step and is
-    done in place (docs/performance.md, decoding).
+    done in place (docs/performance.md, "Decoding", fourth round).
     """
     scores = []
     for keys, _, mask in parts:
