@@ -1,5 +1,5 @@
-"""XLA:CPU settings for training and decoding on CPU: matrix products through oneDNN, a
-memory-lean schedule.
+"""XLA:CPU settings for training and decoding on CPU: matrix products through oneDNN where it is
+exact on the CPU at hand, a memory-lean schedule.
 
 On CPU, XLA's default GEMM paths (YNNPACK for plain layouts, Eigen otherwise) run the batched
 attention products [batch, heads, q, k] at about half of oneDNN's speed and the transposed-
@@ -15,8 +15,16 @@ The model avoids both (`layers.project_fanout`, softmax normalised after the PV 
 the test suite compiles every model variant with these options. oneDNN's kernels are
 deterministic for a given process layout, but not bit-identical across layouts (a run resumed
 on 1 x 8 devices from a 2 x 4 checkpoint matches to float rounding, ~1e-7 relative).
-KOSMOS_JAX_CPU_ONEDNN=0 turns the options off (XLA's default CPU GEMMs: slower, bit-identical
-across layouts).
+KOSMOS_JAX_CPU_ONEDNN=0 turns the options off (XLA's default CPU GEMMs: bit-identical across
+layouts).
+
+On some CPUs the fusion computes wrong numbers: on an AMD EPYC (Zen 3, AVX2, no AVX-512) a
+product followed by a multiply or divide by a scalar or a broadcast vector (the attention's
+softmax normaliser, a loss cotangent) came out tens of times too large, which made the
+benchmark step's gradient norm 2% off and batch-8 greedy decoding emit other tokens. Before
+the first program of a process uses oneDNN, `onednn_is_exact` compiles a few such products
+both ways and compares; where they differ, oneDNN is left off for the process (one warning).
+KOSMOS_JAX_CPU_ONEDNN=1 skips that check and forces it on.
 
 XLA:CPU's default instruction scheduler orders a program for concurrency and keeps more
 activations live at once; the benchmark step needs 785 instead of 875 MiB without it, at the
@@ -26,18 +34,64 @@ the user's XLA_FLAGS already choose.
 """
 from __future__ import annotations
 
+import functools
+import logging
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
 
 OPT_OUT_ENV = "KOSMOS_JAX_CPU_ONEDNN"
 ONEDNN_OPTIONS = {"xla_cpu_use_onednn": True,
                   "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 SCHEDULER_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler"
+OFF_VALUES = ("0", "false", "no", "off")
+FORCE_VALUES = ("1", "true", "yes", "on")
 
 
 def enabled() -> bool:
-  """False when KOSMOS_JAX_CPU_ONEDNN is set to 0/false/no/off."""
-  return os.environ.get(OPT_OUT_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+  """Whether CPU programs use oneDNN: KOSMOS_JAX_CPU_ONEDNN=0/false/no/off: no; 1/true/yes/on:
+  yes, unchecked; unset (or anything else): where `onednn_is_exact` holds on this CPU."""
+  setting = os.environ.get(OPT_OUT_ENV, "").strip().lower()
+  if setting in OFF_VALUES:
+    return False
+  return setting in FORCE_VALUES or onednn_is_exact()
+
+
+def _epilogue_probes() -> list[tuple[str, Callable, list[np.ndarray]]]:
+  """(name, function, inputs): products whose scaling XLA folds into the oneDNN GEMM as an
+  epilogue, the patterns seen to go wrong (module docstring), plus a bias add."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  uniform = lambda *shape: (rng.rand(*shape) + 0.5).astype(np.float32)
+  return [
+      ("x @ w * scalar", lambda x, w: (x @ w) * 3.0, [uniform(16, 32), uniform(32, 24)]),
+      ("x @ w / per-row", lambda x, w, n: (x @ w) / n[:, None],
+       [uniform(16, 32), uniform(32, 24), uniform(16)]),
+      ("batched p @ v / per-row", lambda p, v, n: jnp.einsum("bqk,bkd->bqd", p, v) / n[..., None],
+       [uniform(2, 16, 32), uniform(2, 32, 24), uniform(2, 16)]),
+      ("x @ w + bias", lambda x, w, b: x @ w + b, [uniform(16, 32), uniform(32, 24), uniform(24)]),
+  ]
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_is_exact() -> bool:
+  """True when XLA's oneDNN dot fusion gives the default kernels' numbers (to float rounding)
+  on the probes of `_epilogue_probes`, on this process's CPU. Compiled once per process."""
+  import jax  # pylint: disable=g-import-not-at-top  (this module is imported before JAX starts)
+  device = jax.devices("cpu")[0]
+  wrong = []
+  for name, function, inputs in _epilogue_probes():
+    args = [jax.device_put(x, device) for x in inputs]
+    expected = np.asarray(jax.jit(function)(*args))
+    actual = np.asarray(jax.jit(function, compiler_options=ONEDNN_OPTIONS)(*args))
+    if not np.allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()):
+      wrong.append(name)
+  if wrong:
+    logging.warning("XLA's oneDNN fusion gives wrong results on this CPU (%s); CPU programs use "
+                    "XLA's default kernels instead (%s=1 forces oneDNN).", ", ".join(wrong),
+                    OPT_OUT_ENV)
+  return not wrong
 
 
 PROGRAMS = ("step", "prefill", "decode")
@@ -57,23 +111,24 @@ IN_PLACE_LOOP = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 def compiler_options(devices: Iterable[Any], program: str = "step"
                      ) -> Optional[dict[str, Any]]:
-  """XLA:CPU options for one kind of program when every device is a CPU (and not opted out),
-  else None.
+  """XLA:CPU options for one kind of program when every device is a CPU, else None.
 
-  "step": train/eval steps, oneDNN GEMMs.
+  "step": train/eval steps: oneDNN GEMMs where `enabled`, else XLA's defaults (None).
   "prefill": a decoding call's image program (vision tower + resampler) and long prompts
-    (`PREFILL_MIN_ROWS`): oneDNN, YNNPACK off (XLA then gives the attention products to oneDNN
-    instead of fusing them with the softmax into one YNNPACK kernel: batch-8 vision tower 70 ->
-    62 ms; slower in the train step, so only here), `FAST_MAX`, 512-bit vectors (-2 ms).
+    (`PREFILL_MIN_ROWS`): `FAST_MAX`, and where `enabled` oneDNN with YNNPACK off (XLA then
+    gives the attention products to oneDNN instead of fusing them with the softmax into one
+    YNNPACK kernel: batch-8 vision tower 70 -> 62 ms; slower in the train step, so only here)
+    and 512-bit vectors (-2 ms).
   "decode": the per-token loop and short prompts: XLA's default kernels (oneDNN's per-call
     overhead loses on one-row products) with `FAST_MAX` and `IN_PLACE_LOOP`."""
   if program not in PROGRAMS:
     raise ValueError(f"program={program!r}; choose one of {PROGRAMS}")
-  platforms = {device.platform for device in devices}
-  if platforms != {"cpu"} or not enabled():
+  if {device.platform for device in devices} != {"cpu"}:
     return None
   if program == "decode":
     return dict(FAST_MAX, **IN_PLACE_LOOP)
+  if not enabled():
+    return dict(FAST_MAX) if program == "prefill" else None
   options = dict(ONEDNN_OPTIONS)
   if program == "prefill":
     options.update(FAST_MAX, xla_cpu_experimental_ynn_fusion_type="",
