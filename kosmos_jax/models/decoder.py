@@ -79,7 +79,8 @@ class DecoderLayer(nn.Module):
         num_heads=c.num_heads, head_dim=c.head_dim, out_features=c.embed_dim,
         dropout_rate=c.attention_dropout, inner_ln=c.subln, layer_norm_eps=c.layer_norm_eps,
         softmax_fp32=c.attn_softmax_fp32, xpos=c.xpos, xpos_scale_base=c.xpos_scale_base,
-        xpos_gamma=c.xpos_gamma, init_kind="torch", vo_gain=c.init_gamma, name="self_attn", **kw)(
+        xpos_gamma=c.xpos_gamma, init_kind="torch", vo_gain=c.init_gamma, causal=True,
+        name="self_attn", **kw)(
             h, h, mask=mask, positions=positions, key_valid=key_valid,
             deterministic=self.deterministic, decode=self.decode)
     x = x + nn.Dropout(c.dropout)(h, deterministic=self.deterministic)

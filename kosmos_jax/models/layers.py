@@ -277,6 +277,9 @@ class Attention(nn.Module):
   xpos_gamma: float = 0.4
   init_kind: str = "torch"
   vo_gain: float = 1.0                 # Sub-LN init gain on v_proj and out_proj
+  # The mask is causal (plus padding/segments): queries attend only keys up to their block's
+  # end (`causal_query_blocks`), skipping the products with keys every query there masks.
+  causal: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -325,8 +328,11 @@ class Attention(nn.Module):
         q = self._rotate(q, positions, center, downscale=False)
       parts = [(_keys_head_major(k), _values_head_major(v), mask)]
 
-    q = jnp.swapaxes(q * (self.head_dim ** -0.5), 1, 2)
-    out = self._softmax_attention(q, parts, deterministic)
+    q = jnp.swapaxes(q * (self.head_dim ** -0.5), 1, 2)          # [batch, heads, q_len, kv]
+    if self.causal and not decode and mask is not None:
+      out = self._causal_blocks_attention(q, parts[0], deterministic)
+    else:
+      out = self._softmax_attention(q, parts, deterministic)
     out = jnp.swapaxes(out, 1, 2)                                  # [batch, q_len, heads, kv]
     out = nn.with_logical_constraint(out, ("batch", "length", a.heads, a.kv))
     if self.inner_ln:
@@ -338,6 +344,21 @@ class Attention(nn.Module):
     return Dense(features=(self.out_features,), axes=(a.heads, a.kv, a.embed), in_dims=2,
                  init_kind=self.init_kind, gain=self.vo_gain, dtype=self.dtype,
                  param_dtype=self.param_dtype, name="out_proj")(out)
+
+  def _causal_blocks_attention(self, q: Array, part: tuple, deterministic: bool) -> Array:
+    """Causal attention a block of queries at a time, each over the keys up to its block's end
+    (the rest are masked for every query of the block): ~25% fewer score/PV products at 2
+    blocks, ~37% at 4. Real queries get exactly the full form's result; a fully-masked
+    (padding) query row averages over its block's keys instead of all keys.
+    q [batch, heads, q_len, kv]; part = (keys [b, h, kv, k_len], values [b, h, k_len, kv], mask)."""
+    keys, values, mask = part
+    bounds = causal_query_blocks(q.shape[2])
+    if len(bounds) == 1:
+      return self._softmax_attention(q, [part], deterministic)
+    outputs = [self._softmax_attention(
+        q[:, :, start:end], [(keys[..., :end], values[:, :, :end], mask[..., start:end, :end])],
+        deterministic) for start, end in bounds]
+    return jnp.concatenate(outputs, axis=2)
 
   def _softmax_attention(self, q: Array, parts: list, deterministic: bool) -> Array:
     """softmax(q k^T) v over the keys of all `parts` [(keys, values, mask or None)], as one
@@ -428,6 +449,20 @@ class Attention(nn.Module):
     causal = key_slot[None, :] <= query_slot[:, None]                       # [q_len, max_len]
     mask = causal[None, None] & cached_valid.value[:, None, None, :]        # [batch, 1, q, max]
     return q, [(cached_key.value, cached_value.value, mask)]
+
+
+CAUSAL_BLOCK_ROWS = 128     # smallest query block; fewer, larger products below it
+MAX_CAUSAL_BLOCKS = 4
+
+
+def causal_query_blocks(length: int) -> list[tuple[int, int]]:
+  """[(start, end)] query blocks for `Attention(causal=True)`: up to `MAX_CAUSAL_BLOCKS` equal
+  blocks of at least `CAUSAL_BLOCK_ROWS` rows (the last takes any remainder); one block below
+  2 x CAUSAL_BLOCK_ROWS. At the benchmark's 256 tokens, 2 blocks made the text attention's
+  forward + backward ~35% faster on a 2-core CPU (docs/performance.md)."""
+  count = max(1, min(MAX_CAUSAL_BLOCKS, length // CAUSAL_BLOCK_ROWS))
+  size = length // count
+  return [(i * size, length if i == count - 1 else (i + 1) * size) for i in range(count)]
 
 
 def _keys_head_major(k: Array) -> Array:

@@ -77,23 +77,43 @@ def _slice_statistics(table, hidden, targets, weights, with_grads: bool):
 
 
 def _scan_slices(hidden, table, targets, weights, chunks: int, with_grads: bool):
-  """Runs `_slice_statistics` over the slices in one rolled loop, summing as it goes."""
-  batch, length = targets.shape
-  def split(x):                                       # [batch, length, ...] -> [chunks, batch, ...]
-    return jnp.moveaxis(x.reshape((batch, chunks, length // chunks) + x.shape[2:]), 1, 0)
+  """Runs `_slice_statistics` over the slices in one loop, summing as it goes.
 
-  def body(carry, inputs):
-    sums, grads = _slice_statistics(table, *inputs, with_grads=with_grads)
-    carry = jax.tree_util.tree_map(jnp.add, carry, (sums, None if grads is None else grads[1]))
-    return carry, None if grads is None else grads[0]
+  Each row's positions are first reordered so that its loss positions (weight != 0) come
+  first, in order; the loop then stops after the last slice that holds a loss position of any
+  row. Positions with zero weight (image placeholders, padding, prompts) add nothing to the
+  sums or gradients, so skipping them changes no number; a batch with a quarter of its
+  positions on images computes a quarter fewer logits. The reorder is within rows, so a
+  batch-sharded array stays where it is.
+  """
+  batch, length = targets.shape
+  size = length // chunks
+  order = jnp.argsort(weights == 0, axis=1, stable=True)                  # [batch, length]
+  def take(x, index=order):                            # rows reordered along the length
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+  hidden_s, targets_s, weights_s = take(hidden), take(targets), take(weights)
+  longest = jnp.max(jnp.sum(weights != 0, axis=1))
+  needed = (longest + size - 1) // size                                   # slices with a loss
+
+  def body(index, carry):
+    sums, table_grad_t, hidden_grad_s = carry
+    piece = lambda x: jax.lax.dynamic_slice_in_dim(x, index * size, size, axis=1)
+    slice_sums, grads = _slice_statistics(table, piece(hidden_s), piece(targets_s),
+                                          piece(weights_s), with_grads=with_grads)
+    sums = jax.tree_util.tree_map(jnp.add, sums, slice_sums)
+    if grads is not None:
+      table_grad_t = table_grad_t + grads[1]
+      hidden_grad_s = jax.lax.dynamic_update_slice_in_dim(hidden_grad_s, grads[0], index * size,
+                                                          axis=1)
+    return sums, table_grad_t, hidden_grad_s
 
   zero = jnp.zeros((), jnp.float32)
-  table_grad_t = (jnp.zeros(table.shape[::-1], jnp.float32) if with_grads else None)
-  (sums, table_grad_t), hidden_grads = jax.lax.scan(
-      body, ((zero, zero), table_grad_t), (split(hidden), split(targets), split(weights)))
+  grads_init = ((jnp.zeros(table.shape[::-1], jnp.float32), jnp.zeros_like(hidden))
+                if with_grads else (None, None))
+  sums, table_grad_t, hidden_grad_s = jax.lax.fori_loop(0, needed, body, ((zero, zero),) + grads_init)
   if not with_grads:
     return sums, None
-  hidden_grad = jnp.moveaxis(hidden_grads, 0, 1).reshape(hidden.shape)
+  hidden_grad = take(hidden_grad_s, jnp.argsort(order, axis=1))          # back in place
   # The barrier keeps XLA from folding the transpose into the last GEMM (as in tied_logits).
   table_grad = jax.lax.optimization_barrier(table_grad_t).T.astype(table.dtype)
   return sums, (hidden_grad, table_grad)

@@ -1,4 +1,6 @@
 """Hand-written backward passes of the building blocks against autodiff of the plain formula."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,3 +69,45 @@ def test_project_fanout_matches_separate_projections_and_their_gradients(widths)
   for got, want in zip(ours[1], ref[1]):
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_query_blocks_bounds():
+  assert layers.causal_query_blocks(48) == [(0, 48)]
+  assert layers.causal_query_blocks(255) == [(0, 255)]
+  assert layers.causal_query_blocks(256) == [(0, 128), (128, 256)]
+  assert layers.causal_query_blocks(300) == [(0, 150), (150, 300)]
+  assert layers.causal_query_blocks(512) == [(0, 128), (128, 256), (256, 384), (384, 512)]
+  assert layers.causal_query_blocks(2050) == [(0, 512), (512, 1024), (1024, 1536), (1536, 2050)]
+
+
+@pytest.mark.parametrize("xpos", [False, True])
+def test_causal_blocks_give_the_full_attention_on_real_tokens(xpos):
+  """Attention(causal=True) (queries in blocks, keys past a block's end skipped) against the
+  same module attending all keys, on packed segments with a padded tail: same outputs on real
+  tokens and same parameter and input gradients of a loss over real tokens."""
+  rng = np.random.RandomState(0)
+  batch, length, width = 2, 300, 16
+  segment_ids = np.ones((batch, length), np.int32)
+  segment_ids[0, 120:] = 2                      # two packed examples
+  segment_ids[1, 260:] = 0                      # padded tail
+  real = jnp.asarray(segment_ids > 0)[..., None]
+  positions = jnp.asarray(np.concatenate([np.arange(120), np.arange(180)])[None].repeat(2, 0))
+  mask = layers.make_causal_mask(jnp.asarray(segment_ids))
+  x = jnp.asarray(rng.randn(batch, length, width), jnp.float32)
+  upstream = jnp.asarray(rng.randn(batch, length, width), jnp.float32) * real
+  make = lambda causal: layers.Attention(num_heads=2, head_dim=8, out_features=width,
+                                         inner_ln=True, xpos=xpos, causal=causal)
+  params = make(False).init(jax.random.key(0), x, x, mask=mask, positions=positions)
+
+  def loss(causal, params, x):
+    out = make(causal).apply(params, x, x, mask=mask, positions=positions)
+    return jnp.sum(out * upstream), out
+  (_, full), full_grads = jax.value_and_grad(functools.partial(loss, False), (0, 1),
+                                             has_aux=True)(params, x)
+  (_, blocked), blocked_grads = jax.value_and_grad(functools.partial(loss, True), (0, 1),
+                                                   has_aux=True)(params, x)
+  np.testing.assert_allclose(np.where(real, blocked, 0), np.where(real, full, 0),
+                             rtol=1e-5, atol=1e-6)
+  for got, want in zip(jax.tree_util.tree_leaves(blocked_grads),
+                       jax.tree_util.tree_leaves(full_grads)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

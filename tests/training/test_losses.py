@@ -60,16 +60,34 @@ def _plain_statistics(hidden, table, targets, weights):
   return -jnp.sum(picked * weights)
 
 
+def _weights(pattern: str, rng) -> np.ndarray:
+  """[3, 12] loss weights: random 0/1; image-like blocks and padded tails (rows with 9, 5 and
+  no loss positions, so that trailing slices hold none); none at all; fractional everywhere."""
+  if pattern == "random":
+    return rng.randint(0, 2, (3, 12)).astype(np.float32)
+  if pattern == "blocks":
+    weights = np.ones((3, 12), np.float32)
+    weights[0, 1:4] = 0                    # an image block: 9 loss positions
+    weights[1, :2] = weights[1, 7:] = 0    # prompt + padded tail: 5
+    weights[2] = 0                         # all padding
+    return weights
+  if pattern == "none":
+    return np.zeros((3, 12), np.float32)
+  return rng.rand(3, 12).astype(np.float32)
+
+
+@pytest.mark.parametrize("pattern", ["random", "blocks", "none", "fractional"])
 @pytest.mark.parametrize("chunks", [1, 2, 4, 5, 64])   # 5 -> 4 (a divisor of 12); 64 -> 12
-def test_sliced_output_layer_matches_plain_loss_and_gradients(chunks):
+def test_sliced_output_layer_matches_plain_loss_and_gradients(chunks, pattern):
   """Loss, correct count and both gradients of the sliced output layer against full logits
-  through plain autodiff, under an upstream cotangent (0.37) and zero-weight positions."""
+  through plain autodiff, under an upstream cotangent (0.37) and zero-weight positions (which
+  the sliced form reorders and, past every row's last loss position, skips)."""
   import jax  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(2)
   hidden = jnp.asarray(rng.randn(3, 12, 8), jnp.float32)
   table = jnp.asarray(rng.randn(29, 8), jnp.float32)
   targets = jnp.asarray(rng.randint(0, 29, (3, 12)))
-  weights = jnp.asarray(rng.randint(0, 2, (3, 12)), jnp.float32)
+  weights = jnp.asarray(_weights(pattern, rng))
 
   def sliced(h, t):
     stats = losses.output_layer_statistics(h, t, targets, weights, chunks)
