@@ -79,7 +79,7 @@ def onednn_is_exact() -> bool:
   """True when XLA's oneDNN dot fusion gives the default kernels' numbers (to float rounding)
   on the probes of `_epilogue_probes`, on this process's CPU. Compiled once per process."""
   import jax  # pylint: disable=g-import-not-at-top  (this module is imported before JAX starts)
-  device = jax.devices("cpu")[0]
+  device = jax.local_devices(backend="cpu")[0]   # this process's own (multi-process runs)
   wrong = []
   for name, function, inputs in _epilogue_probes():
     args = [jax.device_put(x, device) for x in inputs]
