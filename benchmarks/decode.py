@@ -169,14 +169,16 @@ def hf_generate(hf, batch, new_tokens, threads=None):
 
 
 def measure(batch_sizes, new: int, warmup: int, repeats: int, threads,
-            hf_config: dict | None = None) -> tuple[list[dict], object]:
+            hf_config: dict | None = None, rounds: int = 2) -> tuple[list[dict], object]:
   """Ours vs HF generate at each batch size: full-call and steady per-token rates, same tokens.
+  `repeats` timed calls per label in all, split over `rounds` alternating process pairs.
   Returns (rows, our model config)."""
   hf_config = hf_config or HF_CONFIG
   hf, config, params = build_models(hf_config)
   spec = {"hf_config": hf_config, "batch_sizes": list(batch_sizes), "new": new,
-          "threads": list(threads), "warmup": warmup, "repeats": max(1, -(-repeats // 2))}
-  seconds = isolated_times(spec)
+          "threads": list(threads), "warmup": warmup,
+          "repeats": max(1, -(-repeats // rounds))}
+  seconds = isolated_times(spec, rounds)
   rows = []
   for batch_size in batch_sizes:
     batch = prompt_batch(config, batch_size)

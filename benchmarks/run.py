@@ -12,8 +12,8 @@ Sections (each a function of `benchmarks.train_step` / `benchmarks.decode`, noth
   data      the data pipeline's examples/s vs what the train step consumes
             (`benchmarks.data_pipeline.demo_consumption`; "not available" if it cannot run).
 Writes `run.json`, `run.md` (Markdown tables) and `run.png` (throughput vs batch size) under
---out_dir. `--quick` (a few minutes on 2 cores) runs the benchmark config at two batch sizes and
-a short decode.
+--out_dir. `--quick` (a few minutes on 2 cores, a CI smoke test, not a measurement) runs the
+benchmark config once per side and a short decode.
 """
 from __future__ import annotations
 
@@ -68,23 +68,26 @@ def _compare(*args, **kwargs) -> dict:
 
 
 def train_section(quick: bool) -> dict:
-  """fp32 ratios on the benchmark config, untuned shapes and a batch sweep; bf16 apart."""
-  steps = 2 if quick else 6
+  """fp32 ratios on the benchmark config, untuned shapes and a batch sweep; bf16 apart.
+  `quick`: the benchmark config only, one process pair, HF at all cores (a CI smoke test)."""
+  if quick:
+    return {"fp32": [_compare("mid (benchmark config)", M, 8, 256, steps=2, warmup=1, rounds=1,
+                              hf_threads=[os.cpu_count() or 1])], "bf16": []}
+  steps = 6
   rows = [_compare("mid (benchmark config)", M, 8, 256, steps=steps)]
-  sweep = [2] if quick else [2, 4, 16]
-  for b in sweep:
+  for b in [2, 4, 16]:
     rows.append(_compare(f"mid, batch {b}", M, b, 256, steps=steps, memory=False))
-  if not quick:
-    rows += [_compare(name, o, b, n, steps=steps) for name, o, b, n in UNTUNED]
-  bf16 = [] if quick else [_compare("mid (benchmark config)", M, 8, 256, steps=steps,
-                                    dtype="bfloat16", memory=False)]
+  rows += [_compare(name, o, b, n, steps=steps) for name, o, b, n in UNTUNED]
+  bf16 = [_compare("mid (benchmark config)", M, 8, 256, steps=steps, dtype="bfloat16",
+                   memory=False)]
   return {"fp32": rows, "bf16": bf16}
 
 
 def decode_section(quick: bool) -> dict:
-  new, repeats, warmup = (8, 2, 1) if quick else (32, 5, 2)
+  new, repeats, warmup, rounds = (8, 3, 1, 1) if quick else (32, 5, 2, 2)
   threads = [os.cpu_count()] if quick else [1, os.cpu_count()]
-  rows, _ = decode_bench.measure([1, 8], new, warmup, repeats, sorted(set(threads)))
+  rows, _ = decode_bench.measure([1, 8], new, warmup, repeats, sorted(set(threads)),
+                                 rounds=rounds)
   return {"config": decode_bench.HF_CONFIG, "rows": rows}
 
 

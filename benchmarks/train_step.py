@@ -276,14 +276,15 @@ def measure_memory(side: str, overrides: dict, batch: int, length: int,
 
 def compare(name: str, overrides: dict, batch: int, length: int, *, steps: int = 6,
             warmup: int = 2, hf: bool = True, memory: bool = True,
-            dtype: str = "float32") -> dict:
-  """Ours vs HF on one shape: step seconds, tokens/s, ratio, peak memory of each side."""
+            dtype: str = "float32", rounds: int = 2, hf_threads=None) -> dict:
+  """Ours vs HF on one shape: step seconds, tokens/s, ratio, peak memory of each side.
+  `steps` timed steps per side in all, split over `rounds` alternating process pairs."""
   # HF at each torch thread count, the faster reported: on a shared machine torch's OpenMP
   # barriers can make all-core runs much slower than one thread.
-  threads = sorted({1, os.cpu_count() or 1})
+  threads = sorted(set(hf_threads or {1, os.cpu_count() or 1}))
   spec = {"overrides": overrides, "batch": batch, "length": length, "dtype": dtype,
-          "threads": threads, "warmup": warmup, "steps": max(1, -(-steps // 2))}
-  seconds, info, hf_info = isolated_medians(spec, hf)
+          "threads": threads, "warmup": warmup, "steps": max(1, -(-steps // rounds))}
+  seconds, info, hf_info = isolated_medians(spec, hf, rounds)
   row = {"name": name, "dtype": dtype, "batch": batch, "length": length,
          "params": info["params"], "ours_step_seconds": seconds["ours"],
          "ours_tokens_per_sec": batch * length / seconds["ours"],

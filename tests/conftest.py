@@ -1,16 +1,22 @@
 """Test-wide settings: 8 virtual CPU devices, fast compiles, a `slow` marker (run with --runslow)."""
 import os
 
+from tests.helpers import compile_env
+
 # Must happen before jax is imported anywhere: multi-device tests need 8 host devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Compile time dominates tiny-model tests on 2 cores: entry points run as subprocesses (train,
+# eval, infer, multi-process) compile without XLA's heavy passes too (same numerics; about a
+# third off the multi-process test). Tests of what the optimising compiler makes (benchmarks,
+# oneDNN compiles, the TPU memory planner) drop it: `compile_env.optimised`.
+os.environ.setdefault(compile_env.FAST_COMPILE_ENV, "true")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# Compile time dominates tiny-model tests on 2 cores; these keep numerics, skip heavy passes.
-jax.config.update("jax_disable_most_optimizations", True)
+jax.config.update("jax_disable_most_optimizations", True)   # this process too (see above)
 # No persistent compilation cache: on XLA:CPU, loading the cached microbatch train step aborts
 # the process at random (seen with jax 0.10.2 on this code before and after the package move),
 # and CI starts from a fresh clone, where the cache saves nothing.

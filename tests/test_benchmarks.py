@@ -8,12 +8,15 @@ import sys
 from PIL import Image
 import pytest
 
+from tests.helpers import compile_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(args, timeout):
   return subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout,
+                        env=compile_env.optimised())   # measures what users' compiles make
 
 
 def _fake_report():

@@ -10,6 +10,7 @@ import gin
 import pytest
 
 from kosmos_jax import plan
+from tests.helpers import compile_env
 from kosmos_jax.planning import hardware
 from kosmos_jax.planning import hlo_flops
 
@@ -23,7 +24,7 @@ needs_libtpu = pytest.mark.skipif(not hardware.libtpu_available(),
 
 
 def _plan(*args, timeout=900):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = {k: v for k, v in compile_env.optimised().items() if k != "XLA_FLAGS"}   # real compiles
   out = subprocess.run([sys.executable, "-m", "kosmos_jax.plan", *args], capture_output=True,
                        text=True, timeout=timeout, cwd=ROOT, env={**env, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr[-3000:]

@@ -1,9 +1,9 @@
 """A real multi-process run: 2 processes x 4 virtual CPU devices on localhost train the tiny
 model and match 1 process x 8 devices; the 2-process checkpoint then resumes on 1 x 8 (per-step
-losses equal to the straight run's to float rounding: oneDNN's CPU kernels differ in the last bit
-across process layouts) and on 1 x 4 (same global batch, other device count: equal up to
-reduction order). The data position lives in virtual data shards, so it does not
-depend on the host layout (kosmos_jax/data/sharded_iterator.py)."""
+losses equal to the straight run's to float rounding: oneDNN's CPU kernels, where in use, differ
+in the last bit across process layouts). Another device count: tests/training/test_resume.py.
+The data position lives in virtual data shards, so it does not depend on the host layout
+(kosmos_jax/data/sharded_iterator.py)."""
 import json
 import os
 import shutil
@@ -97,7 +97,7 @@ def resume_from(source_dir, step, target_dir, devices):
   return losses(target_dir)
 
 
-def test_two_processes_match_one_and_resume_on_other_host_and_device_counts(tmp_path):
+def test_two_processes_match_one_and_resume_on_one_host(tmp_path):
   single, multi = str(tmp_path / "one_by_8"), str(tmp_path / "two_by_4")
   train_single(single, 8)
   two_processes(_command(multi))
@@ -110,13 +110,11 @@ def test_two_processes_match_one_and_resume_on_other_host_and_device_counts(tmp_
 
   half = STEPS // 2
   on_8 = resume_from(multi, half, str(tmp_path / "resumed_on_1x8"), 8)
-  on_4 = resume_from(multi, half, str(tmp_path / "resumed_on_1x4"), 4)
   for step in range(half + 1, STEPS + 1):
     # Same global batch, same mesh shape: equal up to float rounding, because oneDNN's CPU
-    # kernels are not bit-identical across process layouts (bit for bit with
+    # kernels (where in use) are not bit-identical across process layouts (bit for bit with
     # KOSMOS_JAX_CPU_ONEDNN=0, kosmos_jax/training/xla_cpu.py).
     np.testing.assert_allclose(on_8[step], two[step], rtol=1e-6, err_msg=str(step))
-    np.testing.assert_allclose(on_4[step], two[step], rtol=0, atol=1e-4, err_msg=str(step))
 
   # Evaluation runs multi-process too: each process on its own devices, process 0 writes.
   eval_dir = tmp_path / "eval"
