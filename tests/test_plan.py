@@ -113,8 +113,8 @@ def test_tiny_config_on_a_tpu_topology():
 @needs_libtpu
 def test_search_on_a_tpu_topology():
   result, lines = _plan(TINY, "--topology=v5e:2x2", "--search", "--remat_policies=none,full",
-                        "--microbatches=1,2", "--max_compiles=3", "--hbm_gib=0.01")
-  assert "search" in result and 1 <= len(result["search"]) <= 3
+                        "--microbatches=1,2", "--max_compiles=2", "--hbm_gib=0.01")
+  assert "search" in result and 1 <= len(result["search"]) <= 2
   assert any("tried plans fit" in line for line in lines)
 
 

@@ -12,7 +12,8 @@ and TPU/GPU compiles are untouched.
 The fusion is experimental in XLA and aborts the process at compile time ("partition compile
 failed") on two patterns: a sum of two GEMM outputs, and an elementwise op fused *before* a GEMM.
 The model avoids both (`layers.project_fanout`, softmax normalised after the PV product), and
-the test suite compiles every model variant with these options. oneDNN's kernels are
+the test suite compiles every model variant with these options (on CPUs where
+the probe below keeps them on). oneDNN's kernels are
 deterministic for a given process layout, but not bit-identical across layouts (a run resumed
 on 1 x 8 devices from a 2 x 4 checkpoint matches to float rounding, ~1e-7 relative).
 KOSMOS_JAX_CPU_ONEDNN=0 turns the options off (XLA's default CPU GEMMs: bit-identical across

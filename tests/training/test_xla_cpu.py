@@ -110,6 +110,8 @@ from kosmos_jax.inference import decoding
 from kosmos_jax.models import kosmos
 from kosmos_jax.training import optimizers, partitioning, trainer as trainer_lib, xla_cpu
 from tests.helpers import tiny
+if not xla_cpu.onednn_is_exact():      # this CPU never uses oneDNN unless forced
+  print("inexact"); sys.exit(0)
 xla_cpu.PREFILL_MIN_ROWS = 0          # the prompt program with oneDNN too, as for long prompts
 VARIANTS = {
     "tiny (demo model)": {},
@@ -149,10 +151,13 @@ for name, overrides in VARIANTS.items():
 
 
 def test_every_variant_compiles_with_onednn():
+  """On CPUs where the probe finds oneDNN inexact, runs never use it by default: skipped."""
   env = {**compile_env.optimised(), xla_cpu.OPT_OUT_ENV: "1"}   # the optimising compiler
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   result = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True,
                           env=env, cwd=root, timeout=600)
+  if result.returncode == 0 and result.stdout.startswith("inexact"):
+    pytest.skip("XLA's oneDNN fusion is inexact on this CPU: off unless forced")
   compiled = [line[3:] for line in result.stdout.splitlines() if line.startswith("ok ")]
   started = [line[10:] for line in result.stdout.splitlines() if line.startswith("compiling ")]
   assert result.returncode == 0, (
