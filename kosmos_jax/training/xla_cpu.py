@@ -108,6 +108,12 @@ FAST_MAX = {"xla_cpu_enable_fast_min_max": True}
 # place instead of copying every cache buffer each step (batch 1: 24 copies per token -> 0,
 # 0.75 -> 0.58 ms per token).
 IN_PLACE_LOOP = {"xla_cpu_copy_insertion_use_region_analysis": True}
+# No YNNPACK fusions: with them XLA fuses each attention's QK^T, softmax and PV into one YNNPACK
+# kernel that runs the [batch, heads, q, k] products ~2x slower than its default (Eigen)
+# kernels; for the forward-only image program and long prompts that outweighs YNNPACK's
+# faster plain GEMMs (batch-8 image program -10%, batch 1 -13% on an AMD EPYC without oneDNN).
+# Train steps keep YNNPACK: there its weight-gradient GEMMs win (the step is 8% slower without).
+NO_YNN = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 def compiler_options(devices: Iterable[Any], program: str = "step"
@@ -116,10 +122,9 @@ def compiler_options(devices: Iterable[Any], program: str = "step"
 
   "step": train/eval steps: oneDNN GEMMs where `enabled`, else XLA's defaults (None).
   "prefill": a decoding call's image program (vision tower + resampler) and long prompts
-    (`PREFILL_MIN_ROWS`): `FAST_MAX`, and where `enabled` oneDNN with YNNPACK off (XLA then
-    gives the attention products to oneDNN instead of fusing them with the softmax into one
-    YNNPACK kernel: batch-8 vision tower 70 -> 62 ms; slower in the train step, so only here)
-    and 512-bit vectors (-2 ms).
+    (`PREFILL_MIN_ROWS`): `FAST_MAX` and `NO_YNN`, and where `enabled` oneDNN (XLA then gives
+    the attention products to oneDNN: batch-8 vision tower 70 -> 62 ms; slower in the train
+    step, so only here) and 512-bit vectors (-2 ms).
   "decode": the per-token loop and short prompts: XLA's default kernels (oneDNN's per-call
     overhead loses on one-row products) with `FAST_MAX` and `IN_PLACE_LOOP`."""
   if program not in PROGRAMS:
@@ -129,11 +134,10 @@ def compiler_options(devices: Iterable[Any], program: str = "step"
   if program == "decode":
     return dict(FAST_MAX, **IN_PLACE_LOOP)
   if not enabled():
-    return dict(FAST_MAX) if program == "prefill" else None
+    return dict(FAST_MAX, **NO_YNN) if program == "prefill" else None
   options = dict(ONEDNN_OPTIONS)
   if program == "prefill":
-    options.update(FAST_MAX, xla_cpu_experimental_ynn_fusion_type="",
-                   xla_cpu_prefer_vector_width=512)
+    options.update(FAST_MAX, **NO_YNN, xla_cpu_prefer_vector_width=512)
   return options
 
 

@@ -31,9 +31,9 @@ def test_options_only_for_cpu_devices_and_opt_out(monkeypatch):
   assert xla_cpu.compiler_options([Accelerator()]) is None
   assert xla_cpu.compiler_options(jax.devices("cpu") + [Accelerator()]) is None
   prefill = xla_cpu.compiler_options(jax.devices("cpu"), program="prefill")
-  assert prefill == {**xla_cpu.ONEDNN_OPTIONS, **xla_cpu.FAST_MAX,
-                     "xla_cpu_experimental_ynn_fusion_type": "",
+  assert prefill == {**xla_cpu.ONEDNN_OPTIONS, **xla_cpu.FAST_MAX, **xla_cpu.NO_YNN,
                      "xla_cpu_prefer_vector_width": 512}
+  assert xla_cpu.NO_YNN == {"xla_cpu_experimental_ynn_fusion_type": ""}
   decode = {**xla_cpu.FAST_MAX, **xla_cpu.IN_PLACE_LOOP}
   assert xla_cpu.compiler_options(jax.devices("cpu"), program="decode") == decode
   assert xla_cpu.compiler_options([Accelerator()], program="prefill") is None
@@ -42,7 +42,8 @@ def test_options_only_for_cpu_devices_and_opt_out(monkeypatch):
   for off in ("0", "false", "OFF"):
     monkeypatch.setenv(xla_cpu.OPT_OUT_ENV, off)
     assert xla_cpu.compiler_options(jax.devices("cpu")) is None
-    assert xla_cpu.compiler_options(jax.devices("cpu"), program="prefill") == xla_cpu.FAST_MAX
+    assert (xla_cpu.compiler_options(jax.devices("cpu"), program="prefill")
+            == {**xla_cpu.FAST_MAX, **xla_cpu.NO_YNN})
     # The loop never uses oneDNN: its options stay.
     assert xla_cpu.compiler_options(jax.devices("cpu"), program="decode") == decode
 
