@@ -554,18 +554,37 @@ def decoding_layout(model: nn.Module, params: Any) -> tuple[nn.Module, Any]:
   """The model and params the decoding program runs: where the layer stack is fully unrolled
   anyway (CPU, `scan_unroll` auto), a scanned `Kosmos` is decoded with its layers unscanned,
   so that the per-token loop neither re-slices every layer's weights out of the stacked arrays
-  nor restacks the whole KV cache at every token. Same function, same results; elsewhere (or
+  nor restacks the whole KV cache at every token; on CPU a tied output table is also stored
+  transposed (`_output_table_transposed_on_cpu`). Same function, same results; elsewhere (or
   for other modules) unchanged. `decode` applies it inside its program (a copy of the layer
   weights per call); callers that decode many times with the same params (`Runner`, the
   HF-compatible wrapper) apply it once and pass the result."""
   config = getattr(model, "config", None)
-  if not isinstance(model, Kosmos) or not config.scan_layers:
+  if not isinstance(model, Kosmos):
     return model, params
   n = config.text.num_layers
-  if layers_lib.resolve_unroll(config.scan_unroll, n) < n or not param_layout.is_scanned(params):
+  if (config.scan_layers and layers_lib.resolve_unroll(config.scan_unroll, n) >= n
+      and param_layout.is_scanned(params)):
+    model = Kosmos(dataclasses.replace(config, scan_layers=False))
+    params = param_layout.unstack_layers(params)
+  return _output_table_transposed_on_cpu(model, params)
+
+
+def _output_table_transposed_on_cpu(model: Kosmos, params: Any) -> tuple[Kosmos, Any]:
+  """A tied output layer as an untied `lm_head` holding the table transposed, [embed, vocab],
+  when the params are concrete arrays on CPU: XLA:CPU's few-row product `x @ table^T` reads
+  the table against its layout (batch 8: 552 vs 382 us per token for an 8000 x 256 table), a
+  plain `x @ kernel` does not. Same function; costs one more copy of the table in memory
+  (docs/performance.md, "Decoding"). Inside a traced program, or on accelerators: unchanged."""
+  config = model.config
+  table = params.get("text", {}).get("embed_tokens", {}).get("embedding")
+  if (not config.text.tie_word_embeddings or not isinstance(table, jax.Array)
+      or isinstance(table, jax.core.Tracer)
+      or {device.platform for device in table.devices()} != {"cpu"}):
     return model, params
-  return (Kosmos(dataclasses.replace(config, scan_layers=False)),
-          param_layout.unstack_layers(params))
+  text = dict(params["text"], lm_head={"kernel": jax.jit(jnp.transpose)(table)})
+  untied = dataclasses.replace(config.text, tie_word_embeddings=False)
+  return Kosmos(dataclasses.replace(config, text=untied)), dict(params, text=text)
 
 
 def _decoding_setup(model, params, prompt: Prompt, config: DecodeConfig):

@@ -151,6 +151,28 @@ def test_first_argmax_is_the_lowest_maximal_id():
                                 np.argmax(random, axis=-1))
 
 
+def test_decoding_layout_on_cpu_holds_the_tied_table_transposed():
+  """`decoding_layout` on CPU params: layers unscanned and the tied output table also stored
+  transposed as an untied `lm_head`; decoding with it gives the tokens and scores of the
+  tied model as `decode` lays it out inside its program (where params are traced and the
+  table stays tied)."""
+  config, params, model, _ = setup("xpos")
+  laid_model, laid = decoding.decoding_layout(model, params)
+  assert config.text.tie_word_embeddings and not laid_model.config.text.tie_word_embeddings
+  table = np.asarray(params["text"]["embed_tokens"]["embedding"])
+  np.testing.assert_array_equal(np.asarray(laid["text"]["lm_head"]["kernel"]), table.T)
+  assert decoding.decoding_layout(laid_model, laid)[0] is laid_model     # applied once only
+  batch = prompts(config)
+  outputs = [decoding.decode(m, p, batch["tokens"], decoding.DecodeConfig(
+      strategy="beam", beam_size=2, max_new_tokens=NEW, eos_id=None, pad_id=PAD_ID),
+      images=batch["images"], image_token_mask=batch["image_token_mask"],
+      segment_ids=batch["segment_ids"]) for m, p in ((model, params), (laid_model, laid))]
+  np.testing.assert_array_equal(np.asarray(outputs[1].sequences),
+                                np.asarray(outputs[0].sequences))
+  np.testing.assert_allclose(np.asarray(outputs[1].scores), np.asarray(outputs[0].scores),
+                             rtol=1e-5)
+
+
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_same_output_with_and_without_onednn_prefill(monkeypatch, strategy):
   """The image and prompt programs compiled with the prefill options as configured (oneDNN
