@@ -57,8 +57,11 @@ def assert_same(a, b):
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["webdataset", "mmc4"])
-def test_position_restores_on_another_host_count(task_names, tmp_path, which):
+# 1 host -> 2 hosts once, on the webdataset task: the sharded iterator's logic does not depend
+# on the source, and each restore builds 4 more tf.data pipelines (~2 s each).
+@pytest.mark.parametrize("which, back_to_two", [(0, True), (1, False)],
+                         ids=["webdataset", "mmc4"])
+def test_position_restores_on_another_host_count(task_names, tmp_path, which, back_to_two):
   name = task_names[which]
   one = [make(name, 0, 1)]
   two = [make(name, p, 2) for p in range(2)]
@@ -72,6 +75,8 @@ def test_position_restores_on_another_host_count(task_names, tmp_path, which):
   resumed[0].restore(str(tmp_path / "data"))
   for batch in expected:
     assert_same(global_batch(resumed), batch)
+  if not back_to_two:
+    return
   resumed[0].save(str(tmp_path / "data_from_one"))   # and back: 1 host -> 2 hosts
   expected = [global_batch(resumed) for _ in range(2)]
   two_again = [make(name, p, 2) for p in range(2)]
