@@ -12,6 +12,10 @@ DEMO_DIR ?= demo_run
 PYTEST_ARGS ?=
 # Two pytest-xdist workers: compile-bound tests overlap well on 2 cores (about 4 min vs 10).
 PYTEST_WORKERS ?= 2
+# A whole test file at a time to whichever worker is free, in collection order (the longest
+# files first, tests/conftest.py): module fixtures are built once and the run does not end
+# with one worker on a 5-minute test while the other idles.
+PYTEST_DIST ?= --dist loadfile --no-loadscope-reorder
 
 .PHONY: install install-demo lint test test-all demo clean
 
@@ -38,10 +42,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 test: lint
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_DIST) $(PYTEST_ARGS) tests
 
 test-all: install
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --runslow $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_DIST) --runslow $(PYTEST_ARGS) tests
 
 demo: install-demo
 	$(PY) -m kosmos_jax.demo --model_dir=$(DEMO_DIR)

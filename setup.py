@@ -31,7 +31,7 @@ EXTRAS_REQUIRE = {
     # separately with --no-deps by the Makefile (its deps would pull timm/torchvision).
     "test": [
         "pytest>=8",
-        "pytest-xdist>=3",
+        "pytest-xdist>=3.6",       # --no-loadscope-reorder (Makefile)
         "ruff>=0.17,<0.18",
         "torch==2.13.0",
         "transformers>=5.20,<6",
