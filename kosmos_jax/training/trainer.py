@@ -84,11 +84,14 @@ class Trainer:
                               compiler_options=options)
 
   # ----------------------------------------------------------------------------- steps
-  def _loss(self, params, batch, rng):
+  def _loss(self, params, batch, rng, denom):
+    """The mean loss over the step's `denom` loss weights (data, not differentiated): scaling
+    here rather than dividing the gradients afterwards saves a pass over all of them, and XLA
+    kept both the raw and the divided table gradient alive through the vision backward."""
     params = jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p),
                                     params, self.trainable)
     stats = self._statistics(params, batch, deterministic=False, dropout_rng=rng)
-    return stats["loss_sum"], stats
+    return stats["loss_sum"] / denom, stats
 
   def _statistics(self, params, batch, **model_kwargs):
     """Loss/weight/correct sums of a batch, the output layer in `loss_chunks` slices."""
@@ -102,8 +105,10 @@ class Trainer:
     k = self.config.num_microbatches
     step_rng = jax.random.fold_in(rng, state.step)
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+    # the whole step's loss weight (all microbatches): each gradient is already of the mean
+    denom = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
     if k == 1:
-      (_, stats), grads = grad_fn(state.params, batch, step_rng)
+      (_, stats), grads = grad_fn(state.params, batch, step_rng, denom)
     else:
       # Microbatch i takes rows i, i+k, i+2k, ...: every data shard contributes to every
       # microbatch, so no resharding is needed.  # [k, batch/k, ...]
@@ -115,14 +120,12 @@ class Trainer:
 
       def accumulate(carry, inputs):
         index, microbatch = inputs
-        (_, s), g = grad_fn(state.params, microbatch, jax.random.fold_in(step_rng, index))
+        (_, s), g = grad_fn(state.params, microbatch, jax.random.fold_in(step_rng, index), denom)
         return jax.tree_util.tree_map(jnp.add, carry, (g, s)), None
       zeros = (jax.tree_util.tree_map(jnp.zeros_like, state.params),
                {"loss_sum": 0.0, "weight_sum": 0.0, "correct_sum": 0.0})
       zeros = jax.tree_util.tree_map(jnp.asarray, zeros)
       (grads, stats), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro))
-    denom = jnp.maximum(stats["weight_sum"], 1.0)
-    grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
     loss = stats["loss_sum"] / denom
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
