@@ -160,7 +160,7 @@ def png(report: dict, path: str) -> None:
     panels.append({"title": "greedy decode (prefill + new tokens)", "ylabel": "new tokens/s",
                    "series": {"kosmos-jax": [(r["batch"], r["ours"]["new_tok_per_s"]) for r in rows],
                               "HF generate": [(r["batch"], r["hf"]["new_tok_per_s"]) for r in rows]}})
-  plot.save(path, panels, f"{report['machine']} — {report['date']}")
+  plot.save(path, panels, f"{report['machine']}, {report['date']}")  # ASCII: PIL's default font
 
 
 def machine() -> str:
