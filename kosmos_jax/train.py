@@ -39,9 +39,13 @@ from kosmos_jax.models import config as config_lib
 
 
 def _write(model_dir: str, name: str, text: str) -> None:
+  """Process 0 writes `name` whole (temp file, then rename): a reader (another process, an eval
+  watcher) never sees it half written."""
   if jax.process_index() == 0:
-    with open(os.path.join(model_dir, name), "w") as f:
+    path = os.path.join(model_dir, name)
+    with open(path + ".tmp", "w") as f:
       f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def training_vocabulary(dataset: dataset_lib.DatasetConfig):
@@ -186,17 +190,17 @@ def _restore_or_init(run_trainer: trainer_lib.Trainer, checkpointer, train_iter,
 
 
 def _write_summary(model_dir: str, summary: dict[str, Any]) -> None:
-  """train_summary.json (eval watchers stop on it); a resumed run keeps its step-0 eval."""
+  """train_summary.json (eval watchers stop on it); a resumed run keeps its step-0 eval.
+  Every process reads the previous one, process 0 replaces it whole (see `_write`)."""
   summary_path = os.path.join(model_dir, run_dir.TRAIN_SUMMARY)
   if "eval_start" not in summary and os.path.exists(summary_path):
     with open(summary_path) as f:
       previous = json.load(f).get("eval_start")
     if previous is not None:
       summary["eval_start"] = previous
-  if jax.process_index() == 0:
-    with open(summary_path, "w") as f:
-      json.dump({k: v for k, v in summary.items() if k != "losses"}
-                | {"losses": {str(k): v for k, v in summary["losses"].items()}}, f, indent=1)
+  record = ({k: v for k, v in summary.items() if k != "losses"}
+            | {"losses": {str(k): v for k, v in summary["losses"].items()}})
+  _write(model_dir, run_dir.TRAIN_SUMMARY, json.dumps(record, indent=1))
 
 
 def lower_abstract_train_step(run_trainer: trainer_lib.Trainer,

@@ -124,3 +124,25 @@ def test_two_processes_match_one_and_resume_on_one_host(tmp_path):
                            "--gin.eval_script.evaluate.num_examples=8"])
   assert "report:" in outputs[0][0] and "report:" not in outputs[1][0]
   assert len(open(eval_dir / "metrics.jsonl").readlines()) == 1
+
+
+def test_run_files_are_replaced_whole_never_seen_half_written(tmp_path, monkeypatch):
+  """Process 1 reads train_summary.json while process 0 writes it (a CI failure: 'Expecting
+  value' from an empty file): until the new text is complete, readers must see the old file."""
+  from kosmos_jax import train as train_script  # pylint: disable=g-import-not-at-top
+  summary_path = tmp_path / "train_summary.json"
+  summary_path.write_text(json.dumps({"eval_start": {"task": {"loss": 1.0}}, "losses": {}}))
+  seen_at_rename = []
+  real_replace = os.replace
+
+  def watching_replace(source, target):
+    seen_at_rename.append((json.loads(summary_path.read_text()), json.loads(open(source).read())))
+    real_replace(source, target)
+
+  monkeypatch.setattr(os, "replace", watching_replace)
+  train_script._write_summary(str(tmp_path), {"losses": {4: 0.5}})  # pylint: disable=protected-access
+  (old, new), = seen_at_rename
+  assert old == {"eval_start": {"task": {"loss": 1.0}}, "losses": {}}
+  assert new == json.loads(summary_path.read_text())
+  assert new == {"eval_start": {"task": {"loss": 1.0}}, "losses": {"4": 0.5}}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["train_summary.json"]
