@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from typing import Optional
 
 from kosmos_jax import paths
@@ -35,12 +36,11 @@ def check_writable(directory: str) -> None:
   could not save (a remote URI is left to its file system)."""
   if paths.is_remote(directory):
     return
-  probe = os.path.join(directory, ".write_check")
   try:
     os.makedirs(directory, exist_ok=True)
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    # A probe of its own per process: processes of one run check the same directory at once.
+    with tempfile.NamedTemporaryFile("w", dir=directory, prefix=".write_check_") as probe:
+      probe.write("ok")
   except OSError as e:
     raise PermissionError(f"MODEL_DIR {directory!r} cannot be written ({e.strerror}); choose "
                           "another --gin.MODEL_DIR or fix its permissions") from None

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 
@@ -146,3 +147,28 @@ def test_run_files_are_replaced_whole_never_seen_half_written(tmp_path, monkeypa
   assert new == json.loads(summary_path.read_text())
   assert new == {"eval_start": {"task": {"loss": 1.0}}, "losses": {"4": 0.5}}
   assert sorted(p.name for p in tmp_path.iterdir()) == ["train_summary.json"]
+
+
+def test_processes_checking_one_model_dir_at_once_do_not_trip_each_other(tmp_path):
+  """Every process of a run probes MODEL_DIR before its first step; with one shared probe name,
+  one process removed the other's probe and reported the directory as unwritable."""
+  from kosmos_jax.checkpointing import run_dir  # pylint: disable=g-import-not-at-top
+  workers, rounds = 8, 200
+  start = threading.Barrier(workers)
+  errors = []
+
+  def probe_many():
+    start.wait()
+    for _ in range(rounds):
+      try:
+        run_dir.check_writable(str(tmp_path))
+      except PermissionError as e:
+        errors.append(str(e))
+
+  threads = [threading.Thread(target=probe_many) for _ in range(workers)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors, errors[:3]
+  assert not list(tmp_path.iterdir())
