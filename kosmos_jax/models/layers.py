@@ -39,6 +39,35 @@ def linear_init(kind: str, fan_in: int, gain: float = 1.0, std: float = 0.02) ->
   raise ValueError(f"unknown init kind {kind!r}")
 
 
+def _bf16_on_cpu(*operands: Array) -> bool:
+  return all(o.dtype == jnp.bfloat16 for o in operands) and jax.default_backend() == "cpu"
+
+
+def dot_general(x: Array, y: Array, dimension_numbers) -> Array:
+  """`jax.lax.dot_general` in the operands' dtype; on CPU, bfloat16 products accumulate in float32.
+
+  XLA:CPU runs a bf16 x bf16 GEMM natively (YNNPACK; ~2x its float32 rate on CPUs with
+  AVX512-BF16) only when the product is float32: a bf16 result makes it convert both operands
+  to float32 first. TPUs and GPUs accumulate in float32 either way and are left as they are.
+  """
+  if not _bf16_on_cpu(x, y):
+    return jax.lax.dot_general(x, y, dimension_numbers)
+  return jax.lax.dot_general(x, y, dimension_numbers,
+                             preferred_element_type=jnp.float32).astype(jnp.bfloat16)
+
+
+def einsum(spec: str, x: Array, y: Array) -> Array:
+  """`jnp.einsum` of two operands, bf16 on CPU accumulated in float32 as in `dot_general`."""
+  if not _bf16_on_cpu(x, y):
+    return jnp.einsum(spec, x, y)
+  return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
+
+
+def matmul(x: Array, y: Array) -> Array:
+  """x [m, k] @ y [k, n] through `dot_general`."""
+  return dot_general(x, y, (((1,), (0,)), ((), ())))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def project(x: Array, kernel: Array, in_dims: int) -> Array:
   """Contracts x's last `in_dims` dims with kernel's first: [..., in...] -> [..., out...].
@@ -55,7 +84,7 @@ def project(x: Array, kernel: Array, in_dims: int) -> Array:
 
 def _project(x, kernel, in_dims):
   contract_x = tuple(range(x.ndim - in_dims, x.ndim))
-  return jax.lax.dot_general(x, kernel, ((contract_x, tuple(range(in_dims))), ((), ())))
+  return dot_general(x, kernel, ((contract_x, tuple(range(in_dims))), ((), ())))
 
 
 def _project_fwd(x, kernel, in_dims):
@@ -66,7 +95,7 @@ def _project_bwd(in_dims, residuals, g):
   x, kernel = residuals
   out_dims = kernel.ndim - in_dims
   batch_dims = x.ndim - in_dims
-  grad_x = jax.lax.dot_general(
+  grad_x = dot_general(
       g, kernel, ((tuple(range(g.ndim - out_dims, g.ndim)), tuple(range(in_dims, kernel.ndim))),
                   ((), ())))
   # [tokens, in]^T @ [tokens, out] on 2-D views (see docstring). Transposing g instead where it
@@ -74,7 +103,7 @@ def _project_bwd(in_dims, residuals, g):
   # changed the reduction order across process layouts (bitwise resume on 2 x 4 vs 1 x 8 devices).
   x_2d = x.reshape(-1, math.prod(x.shape[batch_dims:]))
   g_2d = g.reshape(-1, math.prod(g.shape[batch_dims:]))
-  grad_kernel = (x_2d.T @ g_2d).reshape(kernel.shape)
+  grad_kernel = matmul(x_2d.T, g_2d).reshape(kernel.shape)
   return grad_x.astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 
@@ -105,9 +134,9 @@ def _project_fanout_bwd(in_dims, residuals, grads):
   widths = [math.prod(k.shape[in_dims:]) for k in kernels]
   g_2d = jnp.concatenate([g.reshape(tokens, w) for g, w in zip(grads, widths)], axis=1)
   kernels_2d = jnp.concatenate([k.reshape(in_size, w) for k, w in zip(kernels, widths)], axis=1)
-  grad_x = g_2d @ kernels_2d.T                                  # [tokens, in]
+  grad_x = matmul(g_2d, kernels_2d.T)                           # [tokens, in]
   # One [in, sum(out_i)] weight-gradient GEMM, split: wider GEMMs run nearer peak on CPU.
-  grad_stacked = x.reshape(tokens, in_size).T @ g_2d
+  grad_stacked = matmul(x.reshape(tokens, in_size).T, g_2d)
   splits = jnp.split(grad_stacked, list(itertools.accumulate(widths))[:-1], axis=1)
   grad_kernels = tuple(part.reshape(k.shape).astype(k.dtype) for part, k in zip(splits, kernels))
   return grad_x.reshape(x.shape).astype(x.dtype), grad_kernels
@@ -193,19 +222,19 @@ def tied_logits(x: Array, table: Array) -> Array:
   form contracts that gradient over its major axis, for which XLA:CPU first writes a transposed
   copy of the whole [tokens, vocab] array (the slowest single op of a small model's step).
   """
-  return x @ table.T
+  return matmul(x, table.T)
 
 
 def _tied_logits_fwd(x, table):
-  return x @ table.T, (x, table)
+  return matmul(x, table.T), (x, table)
 
 
 def _tied_logits_bwd(residuals, g):
   x, table = residuals
   # The barrier keeps XLA from folding the final transpose into the GEMM (which makes it a
   # slower transposed-output GEMM); transposing the small [embed, vocab] result costs little.
-  table_grad = jax.lax.optimization_barrier(x.T @ g).T
-  return (g @ table).astype(x.dtype), table_grad.astype(table.dtype)
+  table_grad = jax.lax.optimization_barrier(matmul(x.T, g)).T
+  return matmul(g, table).astype(x.dtype), table_grad.astype(table.dtype)
 
 
 tied_logits.defvjp(_tied_logits_fwd, _tied_logits_bwd)
@@ -372,7 +401,7 @@ class Attention(nn.Module):
     """
     scores = []
     for keys, _, mask in parts:
-      part = jnp.einsum("bhqd,bhdk->bhqk", q, keys.astype(q.dtype))  # [batch, heads, q, keys]
+      part = einsum("bhqd,bhdk->bhqk", q, keys.astype(q.dtype))  # [batch, heads, q, keys]
       if self.softmax_fp32:
         part = part.astype(jnp.float32)
       scores.append(part if mask is None else jnp.where(mask, part, NEG_INF))
@@ -389,7 +418,7 @@ class Attention(nn.Module):
       weights = unnormalized.astype(self.dtype)
       if self.dropout_rate > 0:
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=deterministic)
-      out = out + jnp.einsum("bhqk,bhkd->bhqd", weights, values.astype(self.dtype))
+      out = out + einsum("bhqk,bhkd->bhqd", weights, values.astype(self.dtype))
     return (out / normalizer).astype(self.dtype)
 
   def _rotate(self, x: Array, positions: Array, center: int, downscale: bool) -> Array:

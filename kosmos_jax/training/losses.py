@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kosmos_jax.models import layers
+
 
 def model_logits(model: nn.Module, params: Any, batch: dict[str, jax.Array], *,
                  deterministic: bool, dropout_rng: Optional[jax.Array] = None,
@@ -53,7 +55,8 @@ def output_layer_statistics(hidden: jax.Array, table: jax.Array, targets: jax.Ar
 def _slice_statistics(table, hidden, targets, weights, with_grads: bool):
   """Loss and correct sums of one slice [batch, slice, ...]; with its gradients if asked."""
   rows = hidden.reshape(-1, hidden.shape[-1])                              # [tokens, embed]
-  logits = (rows @ table.T).astype(jnp.float32)                            # [tokens, vocab]
+  # float32 products of bf16 operands: what the loss needs, and XLA:CPU's native bf16 GEMM
+  logits = jnp.matmul(rows, table.T, preferred_element_type=jnp.float32)   # [tokens, vocab]
   targets, weights = targets.reshape(-1), weights.reshape(-1)
   log_normalizer = jax.nn.logsumexp(logits, axis=-1)
   target_logit = jnp.take_along_axis(logits, targets[:, None], axis=-1, mode="clip")[:, 0]
@@ -70,7 +73,7 @@ def _slice_statistics(table, hidden, targets, weights, with_grads: bool):
   one_hot = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
   logits_grad = ((jnp.exp(logits - log_normalizer[:, None]) - one_hot)
                  * weights[:, None]).astype(hidden.dtype)                  # [tokens, vocab]
-  hidden_grad = (logits_grad @ table).reshape(hidden.shape)
+  hidden_grad = layers.matmul(logits_grad, table).reshape(hidden.shape)
   # [embed, vocab]: the GEMM over the gradient as it lies (see layers.tied_logits)
   table_grad_t = jnp.matmul(rows.T, logits_grad, preferred_element_type=jnp.float32)
   return sums, (hidden_grad, table_grad_t)

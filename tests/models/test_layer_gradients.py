@@ -111,3 +111,38 @@ def test_causal_blocks_give_the_full_attention_on_real_tokens(xpos):
   for got, want in zip(jax.tree_util.tree_leaves(blocked_grads),
                        jax.tree_util.tree_leaves(full_grads)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _bf16_rounding_error(got, exact):
+  """Largest |got - exact| in units of exact's own bf16 spacing (1 ulp = 2^-7 relative)."""
+  ulp = np.maximum(np.abs(exact), 1e-30) * 2.0 ** -7
+  return float(np.max(np.abs(np.asarray(got, np.float64) - exact) / ulp))
+
+
+@pytest.mark.parametrize("name", ["dot_general", "einsum"])
+def test_bf16_products_accumulate_in_float32_and_read_bf16_operands(name):
+  """A long bf16 product (K = 4096) is the float64 product of the same bf16 values rounded
+  once to bf16 (within 1 ulp); a bf16 accumulation would drift by tens of ulps. On CPU the GEMM
+  reads the operands as bf16 (no conversion to float32 before it), which is what makes XLA:CPU
+  use its native bf16 kernels."""
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.rand(2, 8, 4096) + 0.5, jnp.bfloat16)
+  y = jnp.asarray(rng.rand(2, 4096, 16) + 0.5, jnp.bfloat16)
+  fn = {"dot_general": lambda x, y: layers.dot_general(x, y, (((2,), (1,)), ((0,), (0,)))),
+        "einsum": lambda x, y: layers.einsum("bik,bkj->bij", x, y)}[name]
+  got = jax.jit(fn)(x, y)
+  exact = np.einsum("bik,bkj->bij", np.asarray(x, np.float64), np.asarray(y, np.float64))
+  assert got.dtype == jnp.bfloat16
+  assert _bf16_rounding_error(got, exact) <= 1.0
+  plain = jnp.einsum("bik,bkj->bij", x, y, preferred_element_type=jnp.bfloat16)
+  assert got.shape == plain.shape
+  if jax.default_backend() == "cpu":
+    hlo = jax.jit(fn).lower(x, y).compile().as_text()
+    assert "f32[2,8,4096]" not in hlo and "f32[2,4096,16]" not in hlo, "operands were upcast"
+
+
+def test_float32_products_are_unchanged():
+  rng = np.random.RandomState(1)
+  x, y = (jnp.asarray(rng.randn(*s), jnp.float32) for s in [(6, 5), (5, 3)])
+  np.testing.assert_array_equal(layers.matmul(x, y), x @ y)
+  np.testing.assert_array_equal(layers.einsum("ik,kj->ij", x, y), jnp.einsum("ik,kj->ij", x, y))
