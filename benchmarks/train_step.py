@@ -275,10 +275,13 @@ def measure_memory(side: str, overrides: dict, batch: int, length: int,
 
 
 def compare(name: str, overrides: dict, batch: int, length: int, *, steps: int = 6,
-            warmup: int = 2, hf: bool = True, memory: bool = True,
+            warmup: int = 5, hf: bool = True, memory: bool = True,
             dtype: str = "float32", rounds: int = 2, hf_threads=None) -> dict:
   """Ours vs HF on one shape: step seconds, tokens/s, ratio, peak memory of each side.
-  `steps` timed steps per side in all, split over `rounds` alternating process pairs."""
+  `steps` timed steps per side in all, split over `rounds` alternating process pairs, each
+  after `warmup` untimed steps: a fresh process's heap keeps growing for its first few steps
+  (a step then page-faults its whole working set in again, up to +1 s at narrow-deep; see
+  docs/performance.md), a start-up cost that a training run of thousands of steps pays once."""
   # HF at each torch thread count, the faster reported: on a shared machine torch's OpenMP
   # barriers can make all-core runs much slower than one thread.
   threads = sorted(set(hf_threads or {1, os.cpu_count() or 1}))
