@@ -39,13 +39,9 @@ from kosmos_jax.models import config as config_lib
 
 
 def _write(model_dir: str, name: str, text: str) -> None:
-  """Process 0 writes `name` whole (temp file, then rename): a reader (another process, an eval
-  watcher) never sees it half written."""
+  """Process 0 writes `name` whole (`paths.write_text_whole`)."""
   if jax.process_index() == 0:
-    path = os.path.join(model_dir, name)
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    paths.write_text_whole(os.path.join(model_dir, name), text)
 
 
 def training_vocabulary(dataset: dataset_lib.DatasetConfig):

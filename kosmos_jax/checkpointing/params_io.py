@@ -35,6 +35,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kosmos_jax import paths
 from kosmos_jax.models import config as config_lib
 from kosmos_jax.models import kosmos
 from kosmos_jax.models import param_layout
@@ -109,10 +110,8 @@ def save_params(directory: str, params: Any, config: config_lib.KosmosConfig,
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(params_path, params, force=overwrite)
   checkpointer.wait_until_finished()
-  tmp = os.path.join(directory, CONFIG_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(config_lib.to_dict(config), f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(directory, CONFIG_FILE))
+  paths.write_text_whole(os.path.join(directory, CONFIG_FILE),
+                         json.dumps(config_lib.to_dict(config), indent=2, sort_keys=True))
   return params_path
 
 
